@@ -1,0 +1,121 @@
+"""The `gancli` console script: `gancli <command> [hydra overrides]`.
+
+Hydra has no subcommands, so the first word picks an app, each with its own primary config,
+`-m`, `--cfg job` and `--help`. Before Hydra starts, the overrides are composed and checked
+once (every combination of a `-m` sweep), so a wrong value fails in one line, before any
+run folder is made.
+"""
+
+from __future__ import annotations
+
+import importlib
+import itertools
+import re
+import sys
+from typing import Optional
+
+from gancli.errors import GancliError
+
+COMMANDS = {
+    "train": ("gancli.train", "train a GAN (gancli train model=seed data=mnist device=cuda)"),
+    "sample": ("gancli.sample", "images from a checkpoint (gancli sample ckpt=outputs/<run> n=64)"),
+}
+USAGE = "usage: gancli <command> [key=value ...] [-m] [--cfg job] [--help]\n\ncommands:\n" + "".join(
+    f"  {name:<8} {about}\n" for name, (_, about) in COMMANDS.items()
+)
+# Hydra flags after which nothing is run, or whose config we could not see beforehand
+_NO_PREFLIGHT = {"--help", "-h", "--hydra-help", "--info", "-i", "--shell-completion", "-sc",
+                 "--config-dir", "-cd", "--config-path", "-cp", "--config-name", "-cn"}
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE, end="")
+        return
+    if argv[0] == "--version":
+        from gancli import __version__
+
+        print(f"gancli {__version__}")
+        return
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        _fail(f"unknown command '{command}'; use one of: {', '.join(COMMANDS)} (gancli --help)")
+    module = importlib.import_module(COMMANDS[command][0])
+    if not any(arg.split("=")[0] in _NO_PREFLIGHT for arg in rest):
+        try:
+            preflight(module, rest)
+        except GancliError as exc:
+            _fail(str(exc))
+    sys.argv = [f"gancli {command}", *rest]
+    module.main()
+
+
+def _fail(message: str) -> None:
+    print(f"gancli: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def preflight(module, args: list[str]) -> None:
+    """Compose and check the app's config for each job the arguments would run."""
+    from hydra import compose, initialize_config_module
+    from hydra._internal.utils import get_args_parser
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from gancli.config import to_typed
+
+    parsed = get_args_parser().parse_args(args)
+    try:
+        jobs = _expand_sweeps(parsed.overrides) if parsed.multirun else [parsed.overrides]
+        with initialize_config_module("gancli.configs", version_base="1.3"):
+            for overrides in jobs:
+                module.check(to_typed(compose(module.CONFIG_NAME, overrides=overrides)))
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise GancliError(one_line(exc)) from None
+
+
+def _expand_sweeps(overrides: list[str]) -> list[list[str]]:
+    """Every combination a basic `-m` sweep would run, as plain override lists."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    choices = []
+    for override in OverridesParser.create().parse_overrides(overrides):
+        if override.is_sweep_override():
+            key = override.get_key_element()
+            choices.append([f"{key}={value}" for value in override.sweep_string_iterator()])
+        else:
+            choices.append([override.input_line])
+    return [list(combo) for combo in itertools.product(*choices)]
+
+
+def one_line(exc: BaseException) -> str:
+    """Hydra's and OmegaConf's multi-line messages, as one line that names the key and the fix."""
+    from hydra.errors import MissingConfigException
+    import dataclasses
+
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandatoryValue, ValidationError
+
+    if isinstance(exc, MissingConfigException) and exc.options is not None:
+        group, _, value = (exc.missing_cfg_file or "").rpartition("/")
+        if group:
+            return f"{group}={value} is not an option; choose one of: {', '.join(sorted(exc.options))}"
+    cause = exc
+    while cause.__cause__ is not None:
+        cause = cause.__cause__
+    key = getattr(cause, "full_key", None)
+    if isinstance(cause, (ConfigKeyError, ConfigAttributeError)) and key:
+        owner = getattr(cause, "object_type", None)
+        if dataclasses.is_dataclass(owner):
+            parent = key.rpartition(".")[0]
+            known = ", ".join(f"{parent}.{f.name}" if parent else f.name for f in dataclasses.fields(owner))
+            return f"unknown key '{key}'; the keys here are: {known}"
+        return f"unknown key '{key}'; `--cfg job` prints every key"
+    if isinstance(cause, MissingMandatoryValue) and key:
+        return f"{key} must be given, e.g. {key}=<value>"
+    if isinstance(cause, ValidationError) and key:
+        message = str(getattr(cause, "msg", cause)).splitlines()[0]
+        return f"{key}: {message}"
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = " ".join(lines)
+    return re.sub(r"\s+", " ", text)

@@ -1,0 +1,278 @@
+"""Typed config schemas behind the YAML in configs/, registered in Hydra's ConfigStore.
+
+Hydra composes the YAML onto these dataclasses, so a wrong type or an unknown key fails at
+composition; `__post_init__` checks ranges when the config is turned into objects once, at
+start-up, by `to_typed`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from gancli.errors import GancliError
+
+
+class DataName(Enum):
+    digits = "digits"
+    mnist = "mnist"
+    fashion_mnist = "fashion_mnist"
+    cifar10 = "cifar10"
+    folder = "folder"
+    ring = "ring"
+    grid = "grid"
+
+
+class Split(Enum):
+    train = "train"
+    test = "test"
+
+
+class OptimizerName(Enum):
+    adam = "adam"
+    sgd = "sgd"
+    rmsprop = "rmsprop"
+
+
+class LossName(Enum):
+    ns = "ns"
+    minimax = "minimax"
+
+
+class DeviceType(Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+    mps = "mps"
+
+
+class Precision(Enum):
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+class Activation(Enum):
+    relu = "relu"
+    leaky_relu = "leaky_relu"
+    tanh = "tanh"
+    gelu = "gelu"
+    silu = "silu"
+
+
+def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise GancliError(f"{key}={value} is not allowed: {allowed}")
+
+
+# ---- model group: one schema per family, chosen by `name` ----
+
+
+@dataclass
+class SeedModel:
+    """The classic MNIST GAN: dense G, two-conv D."""
+
+    name: str = "seed"
+    z_dim: int = 100
+    g_width: int = 128  # G's two hidden dense layers
+    d_width: int = 64  # D's convs have d_width and 2 * d_width channels
+    d_dense: int = 1024  # D's hidden dense layer
+
+    def __post_init__(self) -> None:
+        for key in ("z_dim", "g_width", "d_width", "d_dense"):
+            _require(getattr(self, key) >= 1, f"model.{key}", getattr(self, key), "a whole number >= 1")
+
+
+@dataclass
+class DCGANModel:
+    """Radford et al.: strided transposed convs with batch norm in G, strided convs in D."""
+
+    name: str = "dcgan"
+    z_dim: int = 100
+    g_width: int = 64  # channels of G's last hidden layer; doubles towards the input
+    d_width: int = 64  # channels of D's first layer; doubles towards the output
+
+    def __post_init__(self) -> None:
+        for key in ("z_dim", "g_width", "d_width"):
+            _require(getattr(self, key) >= 1, f"model.{key}", getattr(self, key), "a whole number >= 1")
+
+
+@dataclass
+class MLPModel:
+    """Dense G and D, for 2-D points and small images."""
+
+    name: str = "mlp"
+    z_dim: int = 64
+    depth: int = 3  # hidden layers in each network
+    width: int = 256
+    activation: Activation = Activation.relu
+    batch_norm: bool = False  # batch norm after each hidden layer of G
+
+    def __post_init__(self) -> None:
+        for key in ("z_dim", "depth", "width"):
+            _require(getattr(self, key) >= 1, f"model.{key}", getattr(self, key), "a whole number >= 1")
+
+
+MODEL_SCHEMAS: dict[str, type] = {"seed": SeedModel, "dcgan": DCGANModel, "mlp": MLPModel}
+
+
+@dataclass
+class DataConfig:
+    name: DataName = DataName.digits
+    root: str = "data"  # where torchvision data sets are read from or downloaded to
+    split: Split = Split.train
+    image_size: int = 28  # images are resized to image_size x image_size
+    channels: int = 1  # 1 (grey) or 3 (RGB); fixed by the data set except for `folder`
+    path: Optional[str] = None  # `folder`: the folder of images
+    n: int = 20000  # `ring`/`grid`: points drawn from the mixture
+    std: float = 0.01  # `ring`/`grid`: standard deviation of each Gaussian
+    radius: float = 1.0  # `ring`: radius of the circle of centres
+
+    def __post_init__(self) -> None:
+        _require(self.image_size >= 4, "data.image_size", self.image_size, "a whole number >= 4")
+        _require(self.channels in (1, 3), "data.channels", self.channels, "1 or 3")
+        _require(self.n >= 1, "data.n", self.n, "a whole number >= 1")
+        _require(self.std > 0, "data.std", self.std, "a number > 0")
+        _require(self.radius > 0, "data.radius", self.radius, "a number > 0")
+
+
+@dataclass
+class OptimizerConfig:
+    name: OptimizerName = OptimizerName.adam
+    lr: float = 2e-4  # for both networks unless lr_g / lr_d is set
+    lr_g: Optional[float] = None
+    lr_d: Optional[float] = None
+    beta1: float = 0.5  # adam
+    beta2: float = 0.999  # adam
+    momentum: float = 0.0  # sgd, rmsprop
+    alpha: float = 0.99  # rmsprop smoothing
+    weight_decay: float = 0.0
+
+    def __post_init__(self) -> None:
+        for key in ("lr", "lr_g", "lr_d"):
+            value = getattr(self, key)
+            _require(value is None or value > 0, f"optimizer.{key}", value, "a number > 0")
+        for key in ("beta1", "beta2", "alpha"):
+            value = getattr(self, key)
+            _require(0 <= value < 1, f"optimizer.{key}", value, "a number in [0, 1)")
+        _require(self.momentum >= 0, "optimizer.momentum", self.momentum, "a number >= 0")
+        _require(self.weight_decay >= 0, "optimizer.weight_decay", self.weight_decay, "a number >= 0")
+
+
+@dataclass
+class LossConfig:
+    name: LossName = LossName.ns
+
+
+@dataclass
+class DeviceConfig:
+    type: DeviceType = DeviceType.auto
+    index: Optional[int] = None  # which GPU of several (cuda only)
+
+    def __post_init__(self) -> None:
+        _require(self.index is None or self.index >= 0, "device.index", self.index, "a whole number >= 0")
+
+
+@dataclass
+class PrecisionConfig:
+    name: Precision = Precision.fp32
+
+
+@dataclass
+class LoopConfig:
+    steps: int = 1500  # generator updates in all
+    batch_size: int = 64
+    d_steps: int = 1  # discriminator updates per generator update
+    log_every: int = 50  # steps between log lines and timing.jsonl rows
+    sample_every: int = 250  # steps between sample grids; 0 = only at the end
+    ckpt_every: int = 500  # steps between kept checkpoints; 0 = only last.pt
+    sample_n: int = 64  # images in each sample grid (2-D data plots 2,000 points)
+    resume: Optional[str] = None  # auto | a checkpoint file | a run folder
+
+    def __post_init__(self) -> None:
+        for key in ("steps", "batch_size", "d_steps", "log_every", "sample_n"):
+            value = getattr(self, key)
+            _require(value >= 1, f"train.{key}", value, "a whole number >= 1")
+        for key in ("sample_every", "ckpt_every"):
+            value = getattr(self, key)
+            _require(value >= 0, f"train.{key}", value, "a whole number >= 0 (0 turns it off)")
+
+
+@dataclass
+class TrainApp:
+    """Root of `gancli train`."""
+
+    model: Any = MISSING  # one of MODEL_SCHEMAS, chosen by the model group
+    data: DataConfig = field(default_factory=DataConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    device: DeviceConfig = field(default_factory=DeviceConfig)
+    precision: PrecisionConfig = field(default_factory=PrecisionConfig)
+    train: LoopConfig = field(default_factory=LoopConfig)
+    seed: int = 0
+
+
+@dataclass
+class SampleApp:
+    """Root of `gancli sample`."""
+
+    ckpt: str = MISSING  # a checkpoint file or a run folder (its last checkpoint)
+    n: int = 64  # samples to write
+    out: Optional[str] = None  # default: <run folder>/generated
+    seed: int = 0
+    batch_size: int = 256  # samples generated at once, to bound memory
+    interpolate: bool = False  # also write interpolation.png
+    device: DeviceConfig = field(default_factory=DeviceConfig)
+
+    def __post_init__(self) -> None:
+        _require(self.n >= 1, "n", self.n, "a whole number >= 1")
+        _require(self.batch_size >= 1, "batch_size", self.batch_size, "a whole number >= 1")
+
+
+def register() -> None:
+    """Put the schemas in Hydra's ConfigStore (the YAML files name them in their defaults)."""
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainApp)
+    cs.store(name="sample_schema", node=SampleApp)
+    for name, schema in MODEL_SCHEMAS.items():
+        cs.store(group="model", name=f"{name}_schema", node=schema)
+
+
+def to_typed(cfg: DictConfig) -> Any:
+    """Turn a composed config into its dataclasses, running every range check once."""
+    return OmegaConf.to_object(cfg)
+
+
+def to_plain(cfg: Any) -> dict:
+    """A config as plain data (enums as strings), for JSON, YAML and checkpoints."""
+
+    def convert(value: Any) -> Any:
+        if dataclasses.is_dataclass(value):
+            return {f.name: convert(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        if isinstance(value, Enum):
+            return value.value
+        if isinstance(value, (list, tuple)):
+            return [convert(v) for v in value]
+        return value
+
+    return convert(cfg)
+
+
+def train_config_from_plain(plain: dict) -> TrainApp:
+    """Rebuild a TrainApp from `to_plain` output, e.g. the config stored in a checkpoint."""
+    plain = dict(plain)
+    model_plain = dict(plain.pop("model"))
+    schema = MODEL_SCHEMAS.get(model_plain.get("name", ""))
+    if schema is None:
+        raise GancliError(f"unknown model '{model_plain.get('name')}'; known: {', '.join(MODEL_SCHEMAS)}")
+    root = OmegaConf.merge(OmegaConf.structured(TrainApp), plain)
+    root.model = OmegaConf.merge(OmegaConf.structured(schema), model_plain)
+    return to_typed(root)
+
+
+register()

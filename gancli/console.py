@@ -1,0 +1,50 @@
+"""What a person watches: log lines and the training progress bar, sharing one rich console."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+from rich import get_console
+from rich.logging import RichHandler
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+
+def console_handler() -> logging.Handler:
+    """Rich log lines on a terminal (printed above the progress bar); plain lines elsewhere."""
+    if get_console().is_terminal:
+        return RichHandler(console=get_console(), show_path=False)
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("[%(asctime)s] %(message)s", "%H:%M:%S"))
+    return handler
+
+
+class progress_bar:
+    """A progress bar (step, losses, img/s, ETA) on a terminal; nothing otherwise."""
+
+    def __init__(self, total: int, start: int):
+        console = get_console()
+        self.progress = Progress(
+            TextColumn("[bold]train"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[stats]}"),
+            TimeRemainingColumn(),
+            console=console,
+            disable=not console.is_terminal,
+        )
+        self.task = self.progress.add_task("train", total=total, completed=start, stats="")
+
+    def __enter__(self) -> "progress_bar":
+        self.progress.__enter__()
+        return self
+
+    def update(self, step: int, stats: str | None = None) -> None:
+        if stats is None:
+            self.progress.update(self.task, completed=step)
+        else:
+            self.progress.update(self.task, completed=step, stats=stats)
+
+    def __exit__(self, *exc: Any) -> None:
+        self.progress.__exit__(*exc)

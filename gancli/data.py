@@ -1,0 +1,233 @@
+"""Data sets as in-memory tensors, and the batches a training step draws from them.
+
+Images are kept as uint8 (N, C, H, W) and become floats in [-1, 1] per batch; 2-D mixtures
+are float32 (N, 2) points in their own coordinates.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import io
+import math
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from gancli.config import DataConfig, DataName, Split
+from gancli.errors import GancliError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+@dataclass
+class Data:
+    x: torch.Tensor  # uint8 (N, C, H, W) images or float32 (N, 2) points
+    labels: Optional[torch.Tensor] = None  # int64 (N,) where the data set has classes
+    centres: Optional[torch.Tensor] = None  # float32 (K, 2) mixture centres for points
+
+    @property
+    def is_image(self) -> bool:
+        return self.x.dtype == torch.uint8
+
+    @property
+    def shape(self) -> tuple:
+        return tuple(self.x.shape[1:])
+
+
+def data_shape(cfg: DataConfig) -> tuple:
+    """The shape of one sample, known from the config alone (no data is read)."""
+    if cfg.name in (DataName.ring, DataName.grid):
+        return (2,)
+    return (cfg.channels, cfg.image_size, cfg.image_size)
+
+
+def to_model(x: torch.Tensor) -> torch.Tensor:
+    """A batch as the networks see it: images as floats in [-1, 1], points unchanged."""
+    if x.dtype == torch.uint8:
+        return x.float().div_(127.5).sub_(1.0)
+    return x
+
+
+def load_data(cfg: DataConfig, seed: int) -> Data:
+    """Load (or, for mixtures, draw) the whole data set named by the config."""
+    expected_channels = {DataName.digits: 1, DataName.mnist: 1, DataName.fashion_mnist: 1, DataName.cifar10: 3}
+    if cfg.name in expected_channels and cfg.channels != expected_channels[cfg.name]:
+        raise GancliError(f"data={cfg.name.value} has {expected_channels[cfg.name]} channel(s); remove data.channels={cfg.channels}")
+    loaders = {
+        DataName.digits: _digits,
+        DataName.mnist: _mnist,
+        DataName.fashion_mnist: _mnist,
+        DataName.cifar10: _cifar10,
+        DataName.folder: _folder,
+    }
+    if cfg.name is DataName.ring:
+        angles = torch.arange(8) * (2 * math.pi / 8)
+        return _mixture(torch.stack([angles.cos(), angles.sin()], 1) * cfg.radius, cfg, seed)
+    if cfg.name is DataName.grid:
+        axis = torch.tensor([-4.0, -2.0, 0.0, 2.0, 4.0])
+        return _mixture(torch.cartesian_prod(axis, axis), cfg, seed)
+    images, labels = loaders[cfg.name](cfg)
+    if images.shape[-1] != cfg.image_size or images.shape[-2] != cfg.image_size:
+        images = _resize(images, cfg.image_size)
+    return Data(x=images.contiguous(), labels=labels)
+
+
+def _mixture(centres: torch.Tensor, cfg: DataConfig, seed: int) -> Data:
+    gen = torch.Generator().manual_seed(seed)
+    which = torch.randint(len(centres), (cfg.n,), generator=gen)
+    points = centres[which] + cfg.std * torch.randn(cfg.n, 2, generator=gen)
+    return Data(x=points.float(), labels=which, centres=centres.float())
+
+
+def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 (N, C, h, w) -> uint8 (N, C, size, size), bilinear, antialiased when shrinking."""
+    out = []
+    for chunk in images.split(4096):
+        x = F.interpolate(chunk.float(), size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        out.append(x.round_().clamp_(0, 255).to(torch.uint8))
+    return torch.cat(out)
+
+
+def _digits(cfg: DataConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    # (1797, 8, 8) in 0..16 -> uint8 (N, 1, 8, 8) in 0..255
+    images = torch.from_numpy(bunch.images).float().mul_(255.0 / 16.0).round_().to(torch.uint8)
+    return images[:, None], torch.from_numpy(bunch.target).long()
+
+
+# ---- MNIST and Fashion-MNIST: IDX files, gzipped or not ----
+
+_MNIST_FILES = {Split.train: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"), Split.test: ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+_MNIST_FOLDERS = {DataName.mnist: ("MNIST", "mnist"), DataName.fashion_mnist: ("FashionMNIST", "fashion_mnist", "fashion-mnist")}
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """An IDX file (the MNIST format), optionally gzipped, as a numpy array."""
+    raw = path.read_bytes()
+    if raw[:2] == b"\x1f\x8b":
+        raw = gzip.decompress(raw)
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise GancliError(f"{path} is not an IDX file of unsigned bytes (the MNIST format)")
+    ndim = raw[3]
+    dims = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if data.size != math.prod(dims):
+        raise GancliError(f"{path} is truncated: expected {math.prod(dims)} values, found {data.size}")
+    return data.reshape(dims)
+
+
+def _find_idx(cfg: DataConfig, stem: str) -> Optional[Path]:
+    root = Path(cfg.root).expanduser()
+    folders = [root] + [root / name / sub for name in _MNIST_FOLDERS[cfg.name] for sub in ("raw", "")]
+    for folder in folders:
+        for name in (stem, stem + ".gz"):
+            if (folder / name).is_file():
+                return folder / name
+    return None
+
+
+def _mnist(cfg: DataConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    image_stem, label_stem = _MNIST_FILES[cfg.split]
+    if _find_idx(cfg, image_stem) is None:
+        _download(cfg)
+    image_path, label_path = _find_idx(cfg, image_stem), _find_idx(cfg, label_stem)
+    if image_path is None:
+        raise GancliError(
+            f"data={cfg.name.value}: {image_stem}[.gz] not found under data.root={cfg.root} and it could not be "
+            f"downloaded; put {image_stem}.gz and {label_stem}.gz in {Path(cfg.root) / _MNIST_FOLDERS[cfg.name][0] / 'raw'} "
+            "or point data.root at the folder that holds them"
+        )
+    images = torch.from_numpy(read_idx(image_path).copy())[:, None]  # (N, 1, 28, 28)
+    labels = torch.from_numpy(read_idx(label_path).astype(np.int64)) if label_path else None
+    return images, labels
+
+
+def _download(cfg: DataConfig) -> None:
+    """Let torchvision fetch the data set into data.root; offline, this quietly does nothing."""
+    from torchvision import datasets
+
+    cls = {DataName.mnist: datasets.MNIST, DataName.fashion_mnist: datasets.FashionMNIST, DataName.cifar10: datasets.CIFAR10}[cfg.name]
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            cls(root=str(Path(cfg.root).expanduser()), train=cfg.split is Split.train, download=True)
+    except Exception:  # no network or a failed mirror: the caller reports what is missing
+        return
+
+
+def _cifar10(cfg: DataConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    from torchvision import datasets
+
+    root = Path(cfg.root).expanduser()
+    if not (root / "cifar-10-batches-py").is_dir():
+        _download(cfg)
+    try:
+        ds = datasets.CIFAR10(root=str(root), train=cfg.split is Split.train, download=False)
+    except RuntimeError:
+        raise GancliError(
+            f"data=cifar10: {root / 'cifar-10-batches-py'} not found and it could not be downloaded; "
+            "extract cifar-10-python.tar.gz into data.root"
+        ) from None
+    images = torch.from_numpy(ds.data).permute(0, 3, 1, 2)  # (N, 32, 32, 3) -> (N, 3, 32, 32)
+    return images, torch.tensor(ds.targets, dtype=torch.long)
+
+
+def _folder(cfg: DataConfig) -> tuple[torch.Tensor, None]:
+    from PIL import Image, UnidentifiedImageError
+    from torchvision.transforms.functional import center_crop, pil_to_tensor, resize
+
+    if cfg.path is None:
+        raise GancliError("data=folder needs data.path=<folder of images>")
+    folder = Path(cfg.path).expanduser()
+    if not folder.is_dir():
+        raise GancliError(f"data.path={cfg.path} is not a folder")
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise GancliError(f"data.path={cfg.path} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    mode = "L" if cfg.channels == 1 else "RGB"
+    images = []
+    for path in files:
+        try:
+            with Image.open(path) as img:
+                img = img.convert(mode)
+        except (UnidentifiedImageError, OSError) as exc:
+            raise GancliError(f"cannot read image {path}: {exc}") from None
+        img = center_crop(resize(img, cfg.image_size, antialias=True), [cfg.image_size, cfg.image_size])
+        images.append(pil_to_tensor(img))  # uint8 (C, S, S)
+    return torch.stack(images), None
+
+
+class Batches:
+    """Batch k of a shuffled pass over the data, a fresh permutation per epoch.
+
+    A batch depends only on (seed, k), so a resumed run draws exactly the batches the
+    uninterrupted run would have drawn. The data is kept on the device when it fits.
+    """
+
+    def __init__(self, data: Data, batch_size: int, seed: int, device: torch.device, max_device_bytes: int = 2**31):
+        n = len(data.x)
+        if batch_size > n:
+            raise GancliError(f"train.batch_size={batch_size} is larger than the data set ({n} samples)")
+        on_device = data.x.numel() * data.x.element_size() <= max_device_bytes
+        self.x = data.x.to(device) if on_device else data.x
+        self.device = device
+        self.batch_size = batch_size
+        self.per_epoch = n // batch_size  # the last partial batch of an epoch is dropped
+        self.seed = seed
+        self._epoch, self._perm = -1, None
+
+    def __call__(self, k: int) -> torch.Tensor:
+        epoch, i = divmod(k, self.per_epoch)
+        if epoch != self._epoch:
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._perm = torch.randperm(len(self.x), generator=gen).to(self.x.device)
+            self._epoch = epoch
+        idx = self._perm[i * self.batch_size : (i + 1) * self.batch_size]
+        return to_model(self.x[idx].to(self.device, non_blocking=True))

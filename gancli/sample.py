@@ -1,0 +1,101 @@
+"""`gancli sample`: images (or points) from a checkpoint's generator, with no data set present."""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import hydra
+import torch
+from omegaconf import DictConfig
+
+from gancli import checkpoint, runtime
+from gancli.config import SampleApp, to_typed, train_config_from_plain
+from gancli.errors import GancliError, user_errors
+from gancli.images import save_grid, save_scatter, save_singles
+from gancli.models import build_models
+
+log = logging.getLogger(__name__)
+
+CONFIG_NAME = "sample"
+GRID_MAX = 256  # images shown in grid.png; every image is also written on its own
+INTERP_ROWS, INTERP_STEPS = 8, 10
+
+
+@hydra.main(version_base="1.3", config_path="pkg://gancli.configs", config_name=CONFIG_NAME)
+def main(cfg: DictConfig) -> None:
+    with user_errors():
+        sample(to_typed(cfg))
+
+
+def check(cfg: SampleApp) -> None:
+    """Start-up checks that read nothing: the device must exist."""
+    runtime.resolve_device(cfg.device)
+
+
+def load_generator(ckpt: str | Path, device: torch.device) -> tuple[torch.nn.Module, tuple, Path]:
+    """G rebuilt from the checkpoint's own config by registry name, in eval mode on `device`."""
+    path = checkpoint.find(ckpt)
+    state = checkpoint.load(path)
+    train_cfg = train_config_from_plain(state["config"])
+    shape = tuple(state["data_shape"])
+    G, _ = build_models(train_cfg.model, shape)
+    try:
+        G.load_state_dict(state["G"])
+    except RuntimeError:
+        raise GancliError(f"{path}: the generator weights do not match the model config stored with them") from None
+    return G.to(device).eval(), shape, path
+
+
+def sample(cfg: SampleApp) -> Path:
+    """Write n samples, grid.png and optionally interpolation.png; returns the output folder."""
+    device = runtime.resolve_device(cfg.device)
+    G, shape, path = load_generator(cfg.ckpt, device)
+    out = Path(cfg.out) if cfg.out else checkpoint.run_dir_of(path) / "generated"
+    is_image = len(shape) == 3
+    gen = torch.Generator().manual_seed(cfg.seed)  # CPU noise: the same samples on every device
+
+    shown = []
+    with torch.no_grad():
+        for start in range(0, cfg.n, cfg.batch_size):
+            z = torch.randn(min(cfg.batch_size, cfg.n - start), G.z_dim, generator=gen).to(device)
+            x = G(z).float().cpu()  # (b, C, H, W) or (b, 2)
+            if is_image:
+                save_singles(x, out, start)
+                shown.append(x[: max(0, GRID_MAX - start)])
+            else:
+                shown.append(x)
+    shown = torch.cat(shown)
+    if is_image:
+        save_grid(shown, out / "grid.png")
+    else:
+        save_scatter(shown, out / "grid.png", title=f"{cfg.n} samples")
+        (out / "points.csv").write_text("x,y\n" + "".join(f"{a:.6f},{b:.6f}\n" for a, b in shown.tolist()))
+
+    if cfg.interpolate:
+        if not is_image:
+            log.info("interpolate=true applies to images only; no interpolation written for 2-D data")
+        else:
+            ends = torch.randn(2, INTERP_ROWS, G.z_dim, generator=gen)
+            t = torch.linspace(0, 1, INTERP_STEPS)
+            z = _slerp(ends[0], ends[1], t).reshape(-1, G.z_dim).to(device)  # (rows * steps, z)
+            with torch.no_grad():
+                strip = G(z).float().cpu()
+            save_grid(strip, out / "interpolation.png", nrow=INTERP_STEPS)
+    log.info("wrote %d samples from %s (step %s) to %s", cfg.n, path, _step_of(path), out)
+    return out
+
+
+def _slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Spherical interpolation between rows of a and b (R, Z) at fractions t (T,) -> (R, T, Z)."""
+    cos = (a * b).sum(1, keepdim=True) / (a.norm(dim=1, keepdim=True) * b.norm(dim=1, keepdim=True))
+    omega = torch.arccos(cos.clamp(-1 + 1e-7, 1 - 1e-7))[:, None]  # (R, 1, 1)
+    t = t[None, :, None]  # (1, T, 1)
+    sin = torch.sin(omega)
+    return (torch.sin((1 - t) * omega) * a[:, None] + torch.sin(t * omega) * b[:, None]) / sin
+
+
+def _step_of(path: Path) -> str:
+    stem = path.stem
+    return str(int(stem.split("_")[-1])) if stem.startswith("step_") else stem
