@@ -185,7 +185,7 @@ class PrecisionConfig:
 
 @dataclass
 class LoopConfig:
-    steps: int = 1500  # generator updates in all
+    steps: int = 1000  # generator updates in all
     batch_size: int = 64
     d_steps: int = 1  # discriminator updates per generator update
     log_every: int = 50  # steps between log lines and timing.jsonl rows

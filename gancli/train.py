@@ -72,6 +72,7 @@ def train(cfg: TrainApp, run_dir: Path) -> dict[str, Any]:
     steps, batch_size, d_steps = cfg.train.steps, cfg.train.batch_size, cfg.train.d_steps
 
     data = load_data(cfg.data, cfg.seed)
+    batches = Batches(data, batch_size, cfg.seed, device)
     G, D = build_models(cfg.model, data.shape)
     G.to(device)
     D.to(device)
@@ -85,7 +86,6 @@ def train(cfg: TrainApp, run_dir: Path) -> dict[str, Any]:
     fixed_z = torch.randn(n_fixed, G.z_dim, generator=torch.Generator().manual_seed(cfg.seed + 1)).to(device)
 
     plain_cfg = to_plain(cfg)
-    write_text(run_dir / "config.yaml", OmegaConf.to_yaml(plain_cfg))
     ckpt_dir, samples_dir = run_dir / "checkpoints", run_dir / "samples"
 
     start = 0
@@ -102,6 +102,7 @@ def train(cfg: TrainApp, run_dir: Path) -> dict[str, Any]:
         runtime.set_rng_state(state["rng"], device)
         start = state["step"]
         log.info("resumed from %s at step %d", resume_from, start)
+    write_text(run_dir / "config.yaml", OmegaConf.to_yaml(plain_cfg))  # every check has passed
 
     def state_at(step: int) -> dict[str, Any]:
         return {
@@ -133,7 +134,6 @@ def train(cfg: TrainApp, run_dir: Path) -> dict[str, Any]:
         cfg.model.name, cfg.data.name.value, "x".join(map(str, data.shape)), steps, batch_size,
         runtime.describe(device), precision.value, run_dir,
     )
-    batches = Batches(data, batch_size, cfg.seed, device)
     timer = SectionTimer(device)
     timing = JsonLines(run_dir / "timing.jsonl")
     sum_d = torch.zeros((), device=device)  # losses add up on the device, read once per interval

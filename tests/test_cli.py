@@ -1,0 +1,174 @@
+"""The real `gancli` entry points, run tiny on the CPU in subprocesses."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import TINY, is_png, read_json, run_gancli
+
+
+def test_train_writes_a_complete_run_folder(tiny_run):
+    assert (tiny_run / ".hydra" / "config.yaml").is_file()
+    assert (tiny_run / "config.yaml").is_file() and (tiny_run / "train.log").is_file()
+    assert sorted(p.name for p in (tiny_run / "checkpoints").iterdir()) == ["last.pt", "step_000003.pt", "step_000006.pt"]
+    assert sorted(p.name for p in (tiny_run / "samples").iterdir()) == ["step_000003.png", "step_000006.png"]
+    assert all(is_png(p) for p in (tiny_run / "samples").iterdir())
+
+    rows = [json.loads(line) for line in (tiny_run / "timing.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [2, 4, 6]
+    for row in rows:
+        assert set(row) >= {"step", "elapsed_s", "img_per_s", "d_step_ms", "g_step_ms", "data_ms", "peak_mem_mb"}
+        assert row["img_per_s"] > 0 and row["d_step_ms"] > 0 and row["g_step_ms"] > 0 and row["peak_mem_mb"] > 0
+
+    summary = read_json(tiny_run / "summary.json")
+    assert summary["status"] == "completed" and summary["steps"] == 6
+    assert summary["device"] == "cpu" and summary["precision"] == "fp32"
+    assert summary["wall_s"] > 0 and summary["img_per_s"] > 0
+    assert all(isinstance(summary[k], float) for k in ("loss_d", "loss_g"))
+    assert summary["versions"]["torch"] == torch.__version__
+
+    state = torch.load(tiny_run / "checkpoints" / "last.pt", weights_only=True)
+    assert state["step"] == 6 and state["config"]["model"]["g_width"] == 8
+    assert set(state) >= {"G", "D", "opt_g", "opt_d", "rng", "config", "scaler_g", "scaler_d"}
+
+
+def test_sample_from_a_run(tiny_run, tmp_path):
+    out = tmp_path / "samples"
+    run_gancli("sample", f"ckpt={tiny_run / 'checkpoints' / 'last.pt'}", "n=20", f"out={out}", "batch_size=8",
+               "interpolate=true", cwd=tmp_path)
+    singles = sorted(p.name for p in out.glob("0*.png"))
+    assert singles == [f"{i:06d}.png" for i in range(20)]
+    assert is_png(out / "grid.png") and is_png(out / "interpolation.png")
+    assert all(is_png(out / name) for name in singles)
+    assert not (tmp_path / "outputs").exists() and not (tmp_path / ".hydra").exists()
+
+
+def test_sample_from_a_run_folder_is_seeded(tiny_run, tmp_path):
+    for name in ("a", "b"):
+        run_gancli("sample", f"ckpt={tiny_run}", "n=4", f"out={tmp_path / name}", "device=cpu", cwd=tmp_path)
+    assert (tmp_path / "a" / "000003.png").read_bytes() == (tmp_path / "b" / "000003.png").read_bytes()
+
+
+def test_same_seed_same_weights_and_resume_is_exact(tmp_path):
+    base = [a for a in TINY if not a.startswith("train.steps")] + ["train.ckpt_every=0"]
+    run_gancli("train", *base, "train.steps=8", f"hydra.run.dir={tmp_path / 'straight'}", cwd=tmp_path)
+    run_gancli("train", *base, "train.steps=4", f"hydra.run.dir={tmp_path / 'resumed'}", cwd=tmp_path)
+    run_gancli("train", *base, "train.steps=8", "train.resume=auto", f"hydra.run.dir={tmp_path / 'resumed'}",
+               cwd=tmp_path)
+    straight = torch.load(tmp_path / "straight" / "checkpoints" / "last.pt", weights_only=True)
+    resumed = torch.load(tmp_path / "resumed" / "checkpoints" / "last.pt", weights_only=True)
+    assert straight["step"] == resumed["step"] == 8
+    for net in ("G", "D"):
+        for key, value in straight[net].items():
+            assert torch.equal(value, resumed[net][key]), f"{net}.{key} differs after resume"
+    summary = read_json(tmp_path / "resumed" / "summary.json")
+    assert summary["resumed_from"].endswith("last.pt")
+
+
+def test_resume_refuses_a_different_model(tiny_run, tmp_path):
+    proc = run_gancli("train", *TINY, "model.g_width=16", f"train.resume={tiny_run}",
+                      f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, check=False)
+    assert proc.returncode == 2
+    assert "cannot resume" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_multirun_makes_one_complete_job_per_combination(tmp_path):
+    tiny = [a for a in TINY if not a.startswith(("model.", "train.steps"))] + ["train.steps=2"]
+    run_gancli("train", "-m", "optimizer.lr=0.0001,0.0002", "model=mlp", "model.width=16", *tiny,
+               f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
+    jobs = sorted(p for p in (tmp_path / "sweep").iterdir() if p.is_dir())
+    assert [p.name for p in jobs] == ["0", "1"]
+    lrs = []
+    for job in jobs:
+        assert read_json(job / "summary.json")["status"] == "completed"
+        assert (job / "checkpoints" / "last.pt").is_file() and is_png(job / "samples" / "step_000002.png")
+        lrs.append(torch.load(job / "checkpoints" / "last.pt", weights_only=True)["config"]["optimizer"]["lr"])
+    assert lrs == [0.0001, 0.0002]
+
+
+def test_points_data_gives_scatter_plots(tmp_path):
+    run_gancli("train", "data=ring", "model=mlp", "model.width=16", "train.steps=4", "train.batch_size=32",
+               "train.log_every=2", "train.sample_every=2", "device=cpu", f"hydra.run.dir={tmp_path / 'run'}",
+               cwd=tmp_path)
+    assert is_png(tmp_path / "run" / "samples" / "step_000004.png")
+    run_gancli("sample", f"ckpt={tmp_path / 'run'}", "n=100", f"out={tmp_path / 'out'}", cwd=tmp_path)
+    assert is_png(tmp_path / "out" / "grid.png")
+    assert len((tmp_path / "out" / "points.csv").read_text().splitlines()) == 101
+
+
+def test_cfg_job_prints_the_composed_config(tmp_path):
+    proc = run_gancli("train", "model=seed", "precision=bf16", "--cfg", "job", cwd=tmp_path)
+    assert "name: seed" in proc.stdout and "name: bf16" in proc.stdout and "steps:" in proc.stdout
+    assert not (tmp_path / "outputs").exists()
+
+
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        (["train", "precision=bf17"], "precision=bf17"),
+        (["train", "train.steps=-5"], "train.steps=-5"),
+        (["train", "train.unknown=1"], "train.unknown"),
+        (["train", "device=cuda"], "device=cuda"),
+        (["train", "device=mps"], "device=mps"),
+        (["sample", "ckpt=missing.pt"], "missing.pt"),
+        (["sample"], "ckpt"),
+        (["fly"], "unknown command"),
+    ],
+)
+def test_bad_input_is_one_clean_line(tmp_path, args, expected):
+    if "device=cuda" in args and torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is present here")
+    proc = run_gancli(*args, cwd=tmp_path, check=False)
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("gancli: error:") and expected in lines[0], proc.stderr
+    assert not (tmp_path / "outputs").exists()  # failed before any run folder was made
+
+
+def test_corrupt_and_foreign_checkpoints(tiny_run, tmp_path):
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes((tiny_run / "checkpoints" / "last.pt").read_bytes()[:1000])
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"state_dict": {}}, foreign)
+    for path, expected in ((corrupt, "corrupt"), (foreign, "not a gancli checkpoint")):
+        proc = run_gancli("sample", f"ckpt={path}", f"out={tmp_path / 'out'}", cwd=tmp_path, check=False)
+        assert proc.returncode == 2 and expected in proc.stderr and "Traceback" not in proc.stderr
+        assert not (tmp_path / "out").exists()
+
+
+def test_installed_console_script(tmp_path):
+    script = Path(sys.executable).with_name("gancli")
+    if not script.exists():
+        pytest.skip("gancli is not installed as a console script in this environment")
+    proc = subprocess.run([str(script), "--help"], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0 and "train" in proc.stdout and "sample" in proc.stdout
+
+
+def test_ctrl_c_saves_a_checkpoint_and_the_run_resumes(tmp_path):
+    import os
+    import signal
+
+    run = tmp_path / "run"
+    args = [sys.executable, "-m", "gancli", "train", *[a for a in TINY if not a.startswith(("train.steps", "train.log"))],
+            "train.steps=100000", "train.log_every=1", f"hydra.run.dir={run}"]
+    proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    for line in proc.stdout:  # wait until training is under way
+        if "step 3/" in line:
+            break
+    proc.send_signal(signal.SIGINT)
+    output = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 130, output
+    summary = read_json(run / "summary.json")
+    assert summary["status"] == "interrupted" and summary["steps"] >= 3
+    saved = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert saved["step"] == summary["steps"]
+    assert "train.resume=auto" in output and "Traceback" not in output
+    run_gancli("train", *TINY, f"train.steps={saved['step'] + 2}", "train.resume=auto", f"hydra.run.dir={run}",
+               cwd=tmp_path)
+    assert read_json(run / "summary.json")["steps"] == saved["step"] + 2

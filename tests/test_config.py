@@ -1,0 +1,126 @@
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_module
+
+from gancli import cli, config, sample, train
+from gancli.config import DataName, LossName, OptimizerName, Precision, TrainApp, to_plain, to_typed
+from gancli.errors import GancliError
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def compose_train(*overrides: str) -> TrainApp:
+    with initialize_config_module("gancli.configs", version_base="1.3"):
+        return to_typed(compose("train", overrides=list(overrides)))
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONFIGS / group).glob("*.yaml"))
+
+
+def test_default_config():
+    cfg = compose_train()
+    assert isinstance(cfg, TrainApp)
+    assert cfg.model.name == "dcgan" and cfg.data.name is DataName.digits
+    assert cfg.optimizer.name is OptimizerName.adam
+    assert (cfg.optimizer.lr, cfg.optimizer.beta1, cfg.optimizer.beta2) == (2e-4, 0.5, 0.999)
+    assert cfg.loss.name is LossName.ns and cfg.precision.name is Precision.fp32
+
+
+def test_top_level_keys_are_frozen():
+    # A change here is a change of the config surface people script against.
+    cfg = to_plain(compose_train())
+    assert list(cfg) == ["model", "data", "optimizer", "loss", "device", "precision", "train", "seed"]
+    assert list(cfg["train"]) == [
+        "steps", "batch_size", "d_steps", "log_every", "sample_every", "ckpt_every", "sample_n", "resume",
+    ]
+
+
+@pytest.mark.parametrize(
+    "group,names",
+    [
+        ("model", ["dcgan", "mlp", "seed"]),
+        ("data", ["cifar10", "digits", "fashion_mnist", "folder", "grid", "mnist", "ring"]),
+        ("optimizer", ["adam", "rmsprop", "sgd"]),
+        ("loss", ["minimax", "ns"]),
+        ("device", ["auto", "cpu", "cuda", "mps"]),
+        ("precision", ["bf16", "fp16", "fp32"]),
+    ],
+)
+def test_every_group_option_composes(group, names):
+    assert options(group) == names
+    for name in names:
+        extra = ["data.path=/tmp"] if (group, name) == ("data", "folder") else []
+        cfg = compose_train(f"{group}={name}", *extra)
+        node = getattr(cfg, group)
+        value = getattr(node, "name", None) or getattr(node, "type", None)
+        assert getattr(value, "value", value) == name
+
+
+@pytest.mark.parametrize("name", options("experiment"))
+def test_every_experiment_composes(name):
+    cfg = compose_train(f"experiment={name}")
+    assert cfg.train.steps >= 1
+
+
+def test_separate_learning_rates():
+    cfg = compose_train("optimizer.lr=1e-3", "optimizer.lr_d=4e-4")
+    assert (cfg.optimizer.lr, cfg.optimizer.lr_g, cfg.optimizer.lr_d) == (1e-3, None, 4e-4)
+
+
+def test_points_data_shapes():
+    cfg = compose_train("data=grid", "model=mlp")
+    assert cfg.data.std == 0.05
+    assert compose_train("data=ring").data.std == 0.01
+
+
+def test_plain_round_trip():
+    cfg = compose_train("model=mlp", "model.activation=gelu", "precision=bf16", "data=ring")
+    plain = to_plain(cfg)
+    assert plain["model"]["activation"] == "gelu" and plain["precision"]["name"] == "bf16"
+    assert config.train_config_from_plain(plain) == cfg
+
+
+@pytest.mark.parametrize(
+    "overrides,expected",
+    [
+        (["precision=bf17"], ["precision=bf17", "bf16", "fp16", "fp32"]),
+        (["train.steps=-5"], ["train.steps=-5", ">= 1"]),
+        (["train.batch_size=0"], ["train.batch_size=0"]),
+        (["train.foo=1"], ["train.foo", "train.steps"]),
+        (["bogus=1"], ["bogus", "model"]),
+        (["model=seed", "model.depth=3"], ["model.depth", "model.z_dim"]),
+        (["optimizer.name=adamw"], ["optimizer.name", "adam", "sgd", "rmsprop"]),
+        (["optimizer.lr=-1"], ["optimizer.lr"]),
+        (["optimizer.beta1=1.5"], ["optimizer.beta1"]),
+        (["train.steps=many"], ["train.steps"]),
+        (["model=gpt"], ["model=gpt", "dcgan", "mlp", "seed"]),
+        (["model=seed", "data=ring"], ["model=mlp"]),
+        (["data.image_size=30"], ["data.image_size"]),
+        (["data.channels=2"], ["data.channels"]),
+        (["precision=fp16", "device=cpu"], ["fp16", "bf16"]),
+        (["device=cpu", "device.index=1"], ["device.index"]),
+        (["train.resume=/no/such/checkpoint.pt"], ["/no/such/checkpoint.pt"]),
+    ],
+)
+def test_bad_values_fail_in_one_line(overrides, expected):
+    with pytest.raises(GancliError) as info:
+        cli.preflight(train, overrides)
+    message = str(info.value)
+    assert "\n" not in message
+    for part in expected:
+        assert part in message
+
+
+def test_bad_value_in_any_sweep_job_fails():
+    with pytest.raises(GancliError, match="optimizer.lr"):
+        cli.preflight(train, ["-m", "optimizer.lr=1e-4,-1e-4"])
+    cli.preflight(train, ["-m", "optimizer.lr=1e-4,2e-4", "model=seed,dcgan", "device=cpu"])
+
+
+def test_sample_requires_a_checkpoint():
+    with pytest.raises(GancliError, match="ckpt"):
+        cli.preflight(sample, [])
+    with pytest.raises(GancliError, match="n=0"):
+        cli.preflight(sample, ["ckpt=x", "n=0"])

@@ -1,0 +1,123 @@
+import gzip
+import struct
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from gancli.config import DataConfig, DataName, Split
+from gancli.data import Batches, data_shape, load_data, read_idx, to_model
+from gancli.errors import GancliError
+
+
+def test_digits_are_bundled_and_resized():
+    data = load_data(DataConfig(name=DataName.digits), seed=0)
+    assert data.x.shape == (1797, 1, 28, 28) and data.x.dtype == torch.uint8
+    assert data.labels.shape == (1797,) and set(data.labels.tolist()) == set(range(10))
+    assert data.x.max() > 200  # strokes reach white
+    x = to_model(data.x[:8])
+    assert x.min() >= -1 and x.max() <= 1 and x.dtype == torch.float32
+
+
+def test_digits_at_other_sizes():
+    data = load_data(DataConfig(name=DataName.digits, image_size=16), seed=0)
+    assert data.shape == (1, 16, 16) == data_shape(DataConfig(name=DataName.digits, image_size=16))
+
+
+@pytest.mark.parametrize("name,centres,std", [(DataName.ring, 8, 0.01), (DataName.grid, 25, 0.05)])
+def test_mixtures(name, centres, std):
+    data = load_data(DataConfig(name=name, n=50_000, std=std), seed=0)
+    assert data.x.shape == (50_000, 2) and data.centres.shape == (centres, 2)
+    offsets = data.x - data.centres[data.labels]
+    assert offsets.std().item() == pytest.approx(std, rel=0.05)
+    counts = torch.bincount(data.labels, minlength=centres).float()
+    assert counts.min() / counts.max() > 0.8  # every mode is used about equally
+    if name is DataName.ring:
+        assert data.centres.norm(dim=1).allclose(torch.ones(8))
+    else:
+        assert sorted(set(data.centres[:, 0].tolist())) == [-4.0, -2.0, 0.0, 2.0, 4.0]
+
+
+def test_mixture_is_seeded():
+    a = load_data(DataConfig(name=DataName.ring, n=100), seed=1).x
+    b = load_data(DataConfig(name=DataName.ring, n=100), seed=1).x
+    c = load_data(DataConfig(name=DataName.ring, n=100), seed=2).x
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def _write_idx(path, array, compress):
+    header = struct.pack(">BBBB", 0, 0, 8, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    raw = header + array.astype(np.uint8).tobytes()
+    path.write_bytes(gzip.compress(raw) if compress else raw)
+
+
+@pytest.mark.parametrize("compress", [True, False])
+def test_mnist_from_local_idx_files(tmp_path, compress):
+    images = np.random.default_rng(0).integers(0, 256, size=(20, 28, 28))
+    labels = np.arange(20) % 10
+    suffix = ".gz" if compress else ""
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    _write_idx(raw / f"t10k-images-idx3-ubyte{suffix}", images, compress)
+    _write_idx(raw / f"t10k-labels-idx1-ubyte{suffix}", labels, compress)
+    data = load_data(DataConfig(name=DataName.mnist, root=str(tmp_path), split=Split.test), seed=0)
+    assert data.x.shape == (20, 1, 28, 28)
+    assert torch.equal(data.x[:, 0], torch.from_numpy(images.astype(np.uint8)))
+    assert data.labels.tolist() == labels.tolist()
+
+
+def test_truncated_idx_is_reported(tmp_path):
+    path = tmp_path / "train-images-idx3-ubyte"
+    _write_idx(path, np.zeros((4, 28, 28)), compress=False)
+    path.write_bytes(path.read_bytes()[:-10])
+    with pytest.raises(GancliError, match="truncated"):
+        read_idx(path)
+
+
+def test_missing_mnist_offline_says_where_to_put_it(tmp_path, monkeypatch):
+    monkeypatch.setattr("gancli.data._download", lambda cfg: None)  # as if offline
+    with pytest.raises(GancliError) as info:
+        load_data(DataConfig(name=DataName.fashion_mnist, root=str(tmp_path)), seed=0)
+    assert "train-images-idx3-ubyte" in str(info.value) and "FashionMNIST" in str(info.value)
+
+
+def test_folder_of_images(tmp_path):
+    (tmp_path / "sub").mkdir()
+    Image.new("RGB", (40, 30), (255, 0, 0)).save(tmp_path / "a.png")
+    Image.new("RGB", (30, 50), (0, 0, 255)).save(tmp_path / "sub" / "b.jpg")
+    (tmp_path / "notes.txt").write_text("not an image")
+    data = load_data(DataConfig(name=DataName.folder, path=str(tmp_path), image_size=16, channels=3), seed=0)
+    assert data.x.shape == (2, 3, 16, 16)
+    assert data.x[0, 0].float().mean() > 200 and data.x[0, 2].float().mean() < 50  # red a.png first
+    grey = load_data(DataConfig(name=DataName.folder, path=str(tmp_path), image_size=8, channels=1), seed=0)
+    assert grey.x.shape == (2, 1, 8, 8)
+
+
+def test_folder_errors(tmp_path):
+    with pytest.raises(GancliError, match="data.path"):
+        load_data(DataConfig(name=DataName.folder, path=str(tmp_path / "absent")), seed=0)
+    with pytest.raises(GancliError, match="no images"):
+        load_data(DataConfig(name=DataName.folder, path=str(tmp_path)), seed=0)
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(GancliError, match="broken.png"):
+        load_data(DataConfig(name=DataName.folder, path=str(tmp_path)), seed=0)
+
+
+def test_batches_cover_each_epoch_once_and_depend_only_on_the_index():
+    from gancli.data import Data
+
+    x = torch.arange(10, dtype=torch.float32)[:, None].repeat(1, 2)
+    batches = Batches(Data(x=x), batch_size=3, seed=0, device=torch.device("cpu"))
+    epoch = torch.cat([batches(k)[:, 0] for k in range(3)])  # 3 batches of 3; one sample dropped
+    assert len(set(epoch.tolist())) == 9
+    fresh = Batches(Data(x=x), batch_size=3, seed=0, device=torch.device("cpu"))
+    assert torch.equal(fresh(4), batches(4)) and torch.equal(fresh(1), batches(1))
+    assert not torch.equal(batches(0), batches(3))  # a new permutation next epoch
+
+
+def test_batch_larger_than_data():
+    from gancli.data import Data
+
+    with pytest.raises(GancliError, match="train.batch_size"):
+        Batches(Data(x=torch.zeros(4, 2)), batch_size=8, seed=0, device=torch.device("cpu"))

@@ -1,0 +1,34 @@
+"""A non-editable install finds its configs from any directory."""
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_installed_package_ships_its_configs(tmp_path):
+    target = tmp_path / "site"
+    isolation = [] if importlib.util.find_spec("setuptools") is None else ["--no-build-isolation"]
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", *isolation, "--target", str(target), str(ROOT)],
+        check=True, capture_output=True, text=True,
+    )
+    assert (target / "gancli" / "configs" / "train.yaml").is_file()
+    assert (target / "gancli" / "configs" / "model" / "seed.yaml").is_file()
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(target)}  # the installed copy, not the source tree
+    where = subprocess.run([sys.executable, "-c", "import gancli; print(gancli.__file__)"], cwd=elsewhere, env=env,
+                           capture_output=True, text=True, check=True)
+    assert where.stdout.strip().startswith(str(target))
+    proc = subprocess.run(
+        [sys.executable, "-m", "gancli", "train", "experiment=debug", "model=mlp", "model.width=16", "train.steps=2",
+         "device=cpu", "hydra.run.dir=run"],
+        cwd=elsewhere, env=env, capture_output=True, text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert (elsewhere / "run" / "summary.json").is_file()

@@ -1,0 +1,83 @@
+import pytest
+import torch
+
+from gancli.config import Activation, DCGANModel, MLPModel, SeedModel
+from gancli.errors import GancliError
+from gancli.models import MODELS, build_models
+
+
+def _check(G, D, shape, batch=3):
+    z = torch.randn(batch, G.z_dim)
+    x = G(z)
+    assert x.shape == (batch, *shape)
+    logits = D(x)
+    assert logits.shape == (batch,)
+    assert torch.isfinite(logits).all()
+    return x
+
+
+def test_registry_names():
+    assert set(MODELS) == {"seed", "dcgan", "mlp"}
+
+
+def test_seed_is_the_classic_mnist_gan():
+    G, D = build_models(SeedModel(), (1, 28, 28))
+    x = _check(G, D, (1, 28, 28))
+    assert x.min() >= -1 and x.max() <= 1  # tanh output
+    dense = [m for m in G.modules() if isinstance(m, torch.nn.Linear)]
+    assert [m.out_features for m in dense] == [128, 128, 784]
+    convs = [m for m in D.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [(m.out_channels, m.kernel_size, m.stride) for m in convs] == [(64, (5, 5), (2, 2)), (128, (5, 5), (2, 2))]
+    d_dense = [m for m in D.modules() if isinstance(m, torch.nn.Linear)]
+    assert [m.out_features for m in d_dense] == [1024, 1]
+
+
+@pytest.mark.parametrize("size", [16, 28, 32, 64, 128])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_dcgan_shapes(size, channels):
+    shape = (channels, size, size)
+    G, D = build_models(DCGANModel(g_width=8, d_width=8), shape)
+    _check(G, D, shape)
+
+
+def test_dcgan_widths_are_configurable():
+    G, D = build_models(DCGANModel(g_width=16, d_width=4), (3, 64, 64))
+    g_convs = [m for m in G.modules() if isinstance(m, torch.nn.ConvTranspose2d)]
+    d_convs = [m for m in D.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [m.out_channels for m in g_convs] == [128, 64, 32, 16, 3]
+    assert [m.out_channels for m in d_convs] == [4, 8, 16, 32, 1]
+
+
+@pytest.mark.parametrize("shape", [(1, 30, 30), (3, 256, 256), (1, 32, 16), (2,)])
+def test_dcgan_rejects_other_shapes(shape):
+    with pytest.raises(GancliError, match="data.image_size"):
+        build_models(DCGANModel(), shape)
+
+
+@pytest.mark.parametrize("shape", [(2,), (1, 28, 28), (3, 32, 32)])
+@pytest.mark.parametrize("batch_norm", [False, True])
+def test_mlp_shapes(shape, batch_norm):
+    G, D = build_models(MLPModel(depth=2, width=16, activation=Activation.leaky_relu, batch_norm=batch_norm), shape)
+    _check(G, D, shape)
+    assert any(isinstance(m, torch.nn.BatchNorm1d) for m in G.modules()) == batch_norm
+
+
+def test_mlp_points_are_unbounded_and_images_are_not():
+    G, _ = build_models(MLPModel(depth=1, width=8), (2,))
+    assert not any(isinstance(m, torch.nn.Tanh) for m in G.modules())
+    G, _ = build_models(MLPModel(depth=1, width=8), (1, 8, 8))
+    assert isinstance(list(G.modules())[-1], torch.nn.Tanh)
+
+
+def test_seed_refuses_points():
+    with pytest.raises(GancliError, match="model=mlp"):
+        build_models(SeedModel(), (2,))
+
+
+def test_same_seed_same_weights():
+    torch.manual_seed(3)
+    G1, _ = build_models(DCGANModel(g_width=8, d_width=8), (1, 28, 28))
+    torch.manual_seed(3)
+    G2, _ = build_models(DCGANModel(g_width=8, d_width=8), (1, 28, 28))
+    for a, b in zip(G1.state_dict().values(), G2.state_dict().values()):
+        assert torch.equal(a, b)
