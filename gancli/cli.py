@@ -98,8 +98,10 @@ def one_line(exc: BaseException) -> str:
 
     if isinstance(exc, MissingConfigException) and exc.options is not None:
         group, _, value = (exc.missing_cfg_file or "").rpartition("/")
-        if group:
+        if group and exc.options:
             return f"{group}={value} is not an option; choose one of: {', '.join(sorted(exc.options))}"
+        if group:
+            return f"the config group '{group}' has no options here: reinstall gancli (pip install -e .)"
     cause = exc
     while cause.__cause__ is not None:
         cause = cause.__cause__
