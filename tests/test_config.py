@@ -61,7 +61,13 @@ def test_every_group_option_composes(group, names):
 @pytest.mark.parametrize("name", options("experiment"))
 def test_every_experiment_composes(name):
     cfg = compose_train(f"experiment={name}")
-    assert cfg.train.steps >= 1
+    assert cfg.train.steps != compose_train().train.steps  # the preset wins over train.yaml
+
+
+def test_experiment_sets_groups_and_keys_and_the_command_line_wins():
+    cfg = compose_train("experiment=ring")
+    assert cfg.model.name == "mlp" and cfg.data.name is DataName.ring and cfg.train.batch_size == 256
+    assert compose_train("experiment=debug", "train.steps=7").train.steps == 7
 
 
 def test_separate_learning_rates():
