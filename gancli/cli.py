@@ -19,6 +19,7 @@ from gancli.errors import GancliError
 COMMANDS = {
     "train": ("gancli.train", "train a GAN (gancli train model=seed data=mnist device=cuda)"),
     "sample": ("gancli.sample", "images from a checkpoint (gancli sample ckpt=outputs/<run> n=64)"),
+    "bench": ("gancli.bench", "time accel x precision x batch size (gancli bench train.batch_size=64,256)"),
 }
 USAGE = "usage: gancli <command> [key=value ...] [-m] [--cfg job] [--help]\n\ncommands:\n" + "".join(
     f"  {name:<8} {about}\n" for name, (_, about) in COMMANDS.items()
@@ -42,6 +43,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     if command not in COMMANDS:
         _fail(f"unknown command '{command}'; use one of: {', '.join(COMMANDS)} (gancli --help)")
     module = importlib.import_module(COMMANDS[command][0])
+    if command == "bench":  # its matrix keys take comma lists without -m
+        rest = module.split_axes(rest)
+    rest = [part for arg in rest for part in _device_index(arg)]
     if not any(arg.split("=")[0] in _NO_PREFLIGHT for arg in rest):
         try:
             preflight(module, rest)
@@ -49,6 +53,12 @@ def main(argv: Optional[list[str]] = None) -> None:
             _fail(str(exc))
     sys.argv = [f"gancli {command}", *rest]
     module.main()
+
+
+def _device_index(arg: str) -> list[str]:
+    """`device=cuda:1`, as torch spells it, is `device=cuda device.index=1`."""
+    match = re.fullmatch(r"device=cuda:(\d+)", arg)
+    return ["device=cuda", f"device.index={match.group(1)}"] if match else [arg]
 
 
 def _fail(message: str) -> None:

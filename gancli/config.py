@@ -26,6 +26,7 @@ class DataName(Enum):
     folder = "folder"
     ring = "ring"
     grid = "grid"
+    fake = "fake"  # random uint8 images of the configured shape, for benchmarks
 
 
 class Split(Enum):
@@ -53,8 +54,22 @@ class DeviceType(Enum):
 
 class Precision(Enum):
     fp32 = "fp32"
+    tf32 = "tf32"
     bf16 = "bf16"
     fp16 = "fp16"
+
+
+class AccelName(Enum):
+    baseline = "baseline"
+    eager = "eager"
+    fast = "fast"
+
+
+class CompileMode(Enum):
+    off = "off"
+    default = "default"
+    reduce_overhead = "reduce-overhead"
+    max_autotune = "max-autotune"
 
 
 class Activation(Enum):
@@ -184,6 +199,23 @@ class PrecisionConfig:
 
 
 @dataclass
+class AccelConfig:
+    """How a step runs; the variants differ in speed, not in the model they train."""
+
+    name: AccelName = AccelName.fast
+    dataloader: bool = False  # batches through a torch DataLoader over host memory
+    host_syncs: bool = False  # read losses and D's outputs with .item() every step
+    fused_optimizer: bool = True  # fused (else foreach) optimizer kernels where the device has them
+    channels_last: bool = False  # NHWC activations for the conv models
+    cuda_graphs: bool = True  # capture the whole D and G steps as CUDA graphs (CUDA only)
+    compile: CompileMode = CompileMode.off  # torch.compile G and D with this mode
+    warmup_steps: int = 3  # eager steps before a CUDA graph is captured
+
+    def __post_init__(self) -> None:
+        _require(self.warmup_steps >= 1, "accel.warmup_steps", self.warmup_steps, "a whole number >= 1")
+
+
+@dataclass
 class LoopConfig:
     steps: int = 1000  # generator updates in all
     batch_size: int = 64
@@ -213,8 +245,35 @@ class TrainApp:
     loss: LossConfig = field(default_factory=LossConfig)
     device: DeviceConfig = field(default_factory=DeviceConfig)
     precision: PrecisionConfig = field(default_factory=PrecisionConfig)
+    accel: AccelConfig = field(default_factory=AccelConfig)
     train: LoopConfig = field(default_factory=LoopConfig)
     seed: int = 0
+
+
+@dataclass
+class BenchConfig:
+    """The matrix `gancli bench` times: every accel x precision x batch size."""
+
+    accel: list[str] = field(default_factory=lambda: ["baseline", "eager", "fast"])
+    precision: list[str] = field(default_factory=lambda: ["fp32"])
+    batch_size: list[int] = field(default_factory=lambda: [64])
+    warmup: int = 10  # untimed steps per variant (CUDA graphs are captured here)
+    steps: int = 30  # timed steps per repeat
+    repeats: int = 3  # timed repeats per variant; the median is reported
+
+    def __post_init__(self) -> None:
+        for key in ("accel", "precision", "batch_size"):
+            _require(len(getattr(self, key)) >= 1, f"bench.{key}", getattr(self, key), "at least one value")
+        _require(self.warmup >= 1, "bench.warmup", self.warmup, "a whole number >= 1")
+        _require(self.steps >= 1, "bench.steps", self.steps, "a whole number >= 1")
+        _require(self.repeats >= 1, "bench.repeats", self.repeats, "a whole number >= 1")
+
+
+@dataclass
+class BenchApp(TrainApp):
+    """Root of `gancli bench`: a training config plus the matrix to time."""
+
+    bench: BenchConfig = field(default_factory=BenchConfig)
 
 
 @dataclass
@@ -239,6 +298,7 @@ def register() -> None:
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainApp)
     cs.store(name="sample_schema", node=SampleApp)
+    cs.store(name="bench_schema", node=BenchApp)
     for name, schema in MODEL_SCHEMAS.items():
         cs.store(group="model", name=f"{name}_schema", node=schema)
 

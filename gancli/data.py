@@ -72,6 +72,10 @@ def load_data(cfg: DataConfig, seed: int) -> Data:
     if cfg.name is DataName.grid:
         axis = torch.tensor([-4.0, -2.0, 0.0, 2.0, 4.0])
         return _mixture(torch.cartesian_prod(axis, axis), cfg, seed)
+    if cfg.name is DataName.fake:
+        gen = torch.Generator().manual_seed(seed)
+        shape = (cfg.n, cfg.channels, cfg.image_size, cfg.image_size)
+        return Data(x=torch.randint(0, 256, shape, generator=gen, dtype=torch.uint8))
     images, labels = loaders[cfg.name](cfg)
     if images.shape[-1] != cfg.image_size or images.shape[-2] != cfg.image_size:
         images = _resize(images, cfg.image_size)
@@ -231,3 +235,32 @@ class Batches:
             self._epoch = epoch
         idx = self._perm[i * self.batch_size : (i + 1) * self.batch_size]
         return to_model(self.x[idx].to(self.device, non_blocking=True))
+
+
+class LoaderBatches:
+    """The common PyTorch way, kept for comparison: a shuffling DataLoader over float images
+    in host memory, each batch copied to the device. The batch index is ignored."""
+
+    def __init__(self, data: Data, batch_size: int, seed: int, device: torch.device):
+        from torch.utils.data import DataLoader, TensorDataset
+
+        if batch_size > len(data.x):
+            raise GancliError(f"train.batch_size={batch_size} is larger than the data set ({len(data.x)} samples)")
+        self.loader = DataLoader(
+            TensorDataset(to_model(data.x.clone())),
+            batch_size=batch_size,
+            shuffle=True,
+            drop_last=True,
+            generator=torch.Generator().manual_seed(seed),
+            pin_memory=device.type == "cuda",
+        )
+        self.device = device
+        self._it = iter(self.loader)
+
+    def __call__(self, k: int) -> torch.Tensor:
+        try:
+            (batch,) = next(self._it)
+        except StopIteration:
+            self._it = iter(self.loader)
+            (batch,) = next(self._it)
+        return batch.to(self.device, non_blocking=True)

@@ -4,13 +4,17 @@ RNG state, synchronisation and memory readings."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import random
 import resource
 import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional
 
 import torch
 
-from gancli.config import DeviceConfig, DeviceType, Precision
+from gancli.config import AccelConfig, CompileMode, DeviceConfig, DeviceType, Precision
 from gancli.errors import GancliError
 
 _AUTOCAST_DTYPES = {Precision.bf16: torch.bfloat16, Precision.fp16: torch.float16}
@@ -57,20 +61,34 @@ def check_precision(device: torch.device, precision: Precision) -> None:
     """Refuse a device/precision pair that would not run as asked."""
     if precision is Precision.fp16 and device.type == "cpu":
         raise GancliError("precision=fp16 needs a CUDA or MPS device; on the CPU use precision=bf16 or fp32")
-    if precision is Precision.bf16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise GancliError(f"precision=bf16 is not supported by {torch.cuda.get_device_name(device)}; use fp16 or fp32")
+    if precision is Precision.tf32:
+        if device.type != "cuda":
+            raise GancliError(f"precision=tf32 needs a CUDA GPU (TF32 is an NVIDIA tensor-core format); on {device.type} use fp32 or bf16")
+        if torch.cuda.get_device_capability(device) < (8, 0):
+            raise GancliError(f"precision=tf32 needs an Ampere or newer GPU, not {torch.cuda.get_device_name(device)}; use fp32")
+    if precision is Precision.bf16:
+        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise GancliError(f"precision=bf16 is not supported by {torch.cuda.get_device_name(device)}; use fp16 or fp32")
+        if device.type == "mps" and not _mps_supports_bf16():
+            raise GancliError("precision=bf16 on MPS needs macOS 14 or newer; use fp16 or fp32")
+
+
+def _mps_supports_bf16() -> bool:
+    check = getattr(torch.backends.mps, "is_macos_or_newer", None)
+    return bool(check and check(14, 0))
 
 
 def configure_precision(device: torch.device, precision: Precision) -> None:
-    """fp32 means strict fp32: no TF32 in matmuls or convolutions."""
+    """fp32 is strict (no TF32 in matmuls or convolutions); tf32 turns TF32 on for both."""
     if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
+        tf32 = precision is Precision.tf32
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cudnn.allow_tf32 = tf32
 
 
 def autocast(device: torch.device, precision: Precision) -> contextlib.AbstractContextManager:
     """The forward-pass context for this precision (a no-op for fp32)."""
-    if precision is Precision.fp32:
+    if precision in (Precision.fp32, Precision.tf32):
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=_AUTOCAST_DTYPES[precision])
 
@@ -124,3 +142,130 @@ def describe(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{device} ({torch.cuda.get_device_name(device)})"
     return str(device)
+
+
+# ---- the fast path: what applies on this device, and CUDA graph capture ----
+
+
+@dataclass
+class AccelPlan:
+    """What a run really does for speed, after the device and precision have had their say."""
+
+    name: str
+    dataloader: bool
+    host_syncs: bool
+    fused_optimizer: bool
+    channels_last: bool
+    cuda_graphs: bool
+    compile: Optional[str]  # a torch.compile mode, or None
+    warmup_steps: int
+    notes: list[str] = field(default_factory=list)  # one line per piece that could not apply
+
+    def used(self) -> dict:
+        """The path taken, for summary.json."""
+        return {k: v for k, v in self.__dict__.items() if k != "notes"} | {"notes": list(self.notes)}
+
+
+def plan_accel(cfg: AccelConfig, device: torch.device, precision: Precision, has_convs: bool) -> AccelPlan:
+    """Turn the accel config into the plan this device can run, noting every piece left out."""
+    notes = []
+    graphs = cfg.cuda_graphs
+    if graphs and device.type != "cuda":
+        graphs = False
+        notes.append(f"cuda_graphs off: the device is {device.type}, not CUDA")
+    elif graphs and precision is Precision.fp16:
+        graphs = False
+        notes.append("cuda_graphs off: fp16 gradient scaling checks for inf on the host, which a graph cannot do")
+    elif graphs and cfg.host_syncs:
+        graphs = False
+        notes.append("cuda_graphs off: per-step host syncs cannot run inside a graph")
+    elif graphs and cfg.compile is not CompileMode.off:
+        graphs = False
+        notes.append("cuda_graphs off: torch.compile is on (its reduce-overhead mode makes graphs itself)")
+    channels_last = cfg.channels_last
+    if channels_last and not has_convs:
+        channels_last = False
+        notes.append("channels_last off: the model has no convolutions")
+    compile_mode = None if cfg.compile is CompileMode.off else cfg.compile.value
+    return AccelPlan(
+        name=cfg.name.value,
+        dataloader=cfg.dataloader,
+        host_syncs=cfg.host_syncs,
+        fused_optimizer=cfg.fused_optimizer,
+        channels_last=channels_last,
+        cuda_graphs=graphs,
+        compile=compile_mode,
+        warmup_steps=cfg.warmup_steps,
+        notes=notes,
+    )
+
+
+class GraphedStep:
+    """Runs `fn` eagerly for `warmup` calls (on a side stream, as capture requires), then
+    captures it once as a CUDA graph and replays the graph on every later call."""
+
+    def __init__(self, fn: Callable[[], None], warmup: int, pool: Optional[tuple] = None):
+        self.fn, self.warmup, self.pool = fn, warmup, pool
+        self.calls = 0
+        self.graph: Optional[torch.cuda.CUDAGraph] = None
+        self.capture_s = 0.0
+
+    def __call__(self) -> None:
+        if self.graph is not None:
+            self.graph.replay()
+            return
+        if self.calls < self.warmup:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                self.fn()
+            torch.cuda.current_stream().wait_stream(side)
+            self.calls += 1
+            return
+        t0 = time.perf_counter()
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool):
+            self.fn()  # recorded, not run
+        torch.cuda.synchronize()
+        self.capture_s = time.perf_counter() - t0
+        self.graph = graph
+        graph.replay()  # this call's step
+
+
+# Dense peak rates in TFLOP/s from NVIDIA's data sheets (H100/H200 SXM and PCIe, A100 SXM):
+# https://www.nvidia.com/en-us/data-center/h100/ , /h200/ , /a100/ (without sparsity).
+_PEAK_TFLOPS = {
+    "H200": {"bf16": 989.4, "fp16": 989.4, "tf32": 494.7, "fp32": 66.9},
+    "H100 PCIe": {"bf16": 756.0, "fp16": 756.0, "tf32": 378.0, "fp32": 51.2},
+    "H100": {"bf16": 989.4, "fp16": 989.4, "tf32": 494.7, "fp32": 66.9},
+    "A100": {"bf16": 312.0, "fp16": 312.0, "tf32": 156.0, "fp32": 19.5},
+}
+
+
+@functools.lru_cache(maxsize=None)
+def peak_flops(device: torch.device, precision: Precision) -> tuple[float, str]:
+    """(peak FLOP/s for this device and precision, where the figure comes from)."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for key, rates in _PEAK_TFLOPS.items():
+            if all(part in name for part in key.split()):
+                return rates[precision.value] * 1e12, f"{key} data sheet"
+    return _measured_matmul_flops(device, precision), "measured matmul"
+
+
+def _measured_matmul_flops(device: torch.device, precision: Precision, n: int = 1024) -> float:
+    """FLOP/s of a square matmul in the precision's compute dtype on this device."""
+    dtype = {Precision.bf16: torch.bfloat16, Precision.fp16: torch.float16}.get(precision, torch.float32)
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(n, n, generator=gen).to(device, dtype)
+    b = torch.randn(n, n, generator=gen).to(device, dtype)
+    for _ in range(3):
+        a @ b
+    synchronize(device)
+    reps, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < 0.3:
+        a @ b
+        reps += 1
+    synchronize(device)
+    return 2 * n**3 * reps / (time.perf_counter() - t0)

@@ -9,7 +9,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Optional
 
 import hydra
 import torch
@@ -19,13 +19,13 @@ from omegaconf import DictConfig, OmegaConf
 import gancli
 from gancli import checkpoint, runtime
 from gancli.console import progress_bar
-from gancli.config import OptimizerConfig, OptimizerName, TrainApp, to_plain, to_typed
-from gancli.data import Batches, data_shape, load_data
+from gancli.config import TrainApp, to_plain, to_typed
+from gancli.data import data_shape, load_data
 from gancli.errors import GancliError, user_errors
 from gancli.files import write_json, write_text
 from gancli.images import save_grid, save_scatter
-from gancli.losses import LOSSES
 from gancli.models import build_models
+from gancli.step import TrainStep, step_flops
 from gancli.timing import JsonLines, SectionTimer
 
 log = logging.getLogger(__name__)
@@ -54,14 +54,6 @@ def check(cfg: TrainApp) -> torch.device:
     return device
 
 
-def make_optimizer(cfg: OptimizerConfig, params: Iterable[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:
-    if cfg.name is OptimizerName.adam:
-        return torch.optim.Adam(params, lr=lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
-    if cfg.name is OptimizerName.sgd:
-        return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    return torch.optim.RMSprop(params, lr=lr, alpha=cfg.alpha, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-
-
 def train(cfg: TrainApp, run_dir: Path) -> dict[str, Any]:
     """Train G and D as `cfg` says, writing everything under `run_dir`; returns the summary."""
     t_start = time.perf_counter()
@@ -69,17 +61,13 @@ def train(cfg: TrainApp, run_dir: Path) -> dict[str, Any]:
     precision = cfg.precision.name
     runtime.configure_precision(device, precision)
     runtime.seed_everything(cfg.seed)
-    steps, batch_size, d_steps = cfg.train.steps, cfg.train.batch_size, cfg.train.d_steps
+    steps, batch_size = cfg.train.steps, cfg.train.batch_size
 
     data = load_data(cfg.data, cfg.seed)
-    batches = Batches(data, batch_size, cfg.seed, device)
-    G, D = build_models(cfg.model, data.shape)
-    G.to(device)
-    D.to(device)
-    opt_g = make_optimizer(cfg.optimizer, G.parameters(), cfg.optimizer.lr_g or cfg.optimizer.lr)
-    opt_d = make_optimizer(cfg.optimizer, D.parameters(), cfg.optimizer.lr_d or cfg.optimizer.lr)
-    scaler_g, scaler_d = runtime.grad_scaler(device, precision), runtime.grad_scaler(device, precision)
-    d_loss_fn, g_loss_fn = LOSSES[cfg.loss.name]
+    plan = runtime.plan_accel(cfg.accel, device, precision, has_convs=cfg.model.name != "mlp")
+    timer = SectionTimer(device)
+    step_fn = TrainStep(cfg, data, device, plan, timer)  # builds G, D, optimizers and batches
+    G = step_fn.G
     # one latent batch for every sample grid, drawn from its own generator so that writing
     # grids never shifts the training noise
     n_fixed = cfg.train.sample_n if data.is_image else POINTS_PLOTTED
@@ -93,26 +81,17 @@ def train(cfg: TrainApp, run_dir: Path) -> dict[str, Any]:
     if resume_from is not None:
         state = checkpoint.load(resume_from)
         _check_resumable(state, plain_cfg, resume_from)
-        G.load_state_dict(state["G"])
-        D.load_state_dict(state["D"])
-        opt_g.load_state_dict(state["opt_g"])
-        opt_d.load_state_dict(state["opt_d"])
-        scaler_g.load_state_dict(state["scaler_g"])
-        scaler_d.load_state_dict(state["scaler_d"])
+        step_fn.load_state_dict(state)
         runtime.set_rng_state(state["rng"], device)
         start = state["step"]
         log.info("resumed from %s at step %d", resume_from, start)
     write_text(run_dir / "config.yaml", OmegaConf.to_yaml(plain_cfg))  # every check has passed
 
     def state_at(step: int) -> dict[str, Any]:
+        runtime.synchronize(device)
         return {
             "step": step,
-            "G": G.state_dict(),
-            "D": D.state_dict(),
-            "opt_g": opt_g.state_dict(),
-            "opt_d": opt_d.state_dict(),
-            "scaler_g": scaler_g.state_dict(),
-            "scaler_d": scaler_d.state_dict(),
+            **step_fn.state_dict(),
             "rng": runtime.rng_state(device),
             "config": plain_cfg,
             "data_shape": list(data.shape),
@@ -130,15 +109,17 @@ def train(cfg: TrainApp, run_dir: Path) -> dict[str, Any]:
             save_scatter(fake, path, real=data.x[:POINTS_PLOTTED], title=f"step {step}")
 
     log.info(
-        "training %s on %s (%s) for %d steps, batch %d, %s, %s; run folder %s",
+        "training %s on %s (%s) for %d steps, batch %d, %s, %s, accel=%s; run folder %s",
         cfg.model.name, cfg.data.name.value, "x".join(map(str, data.shape)), steps, batch_size,
-        runtime.describe(device), precision.value, run_dir,
+        runtime.describe(device), precision.value, plan.name, run_dir,
     )
-    timer = SectionTimer(device)
+    for note in plan.notes:
+        log.info(note)
+    flops_per_step = step_flops(cfg, data.shape)
+    peak, peak_source = runtime.peak_flops(device, precision)
     timing = JsonLines(run_dir / "timing.jsonl")
-    sum_d = torch.zeros((), device=device)  # losses add up on the device, read once per interval
-    sum_g = torch.zeros((), device=device)
-    n_interval, train_s, images_done = 0, 0.0, 0
+    n_interval = n_timed = 0
+    train_s, images_done = 0.0, 0
     loss_d_mean = loss_g_mean = float("nan")
     t_interval, pause_s = time.perf_counter(), 0.0
     step = start
@@ -148,70 +129,49 @@ def train(cfg: TrainApp, run_dir: Path) -> dict[str, Any]:
             if ctrl_c.requested:
                 status = "interrupted"
                 break
-            with timer.section("data"):
-                reals = [batches(step * d_steps + k) for k in range(d_steps)]
-
-            with timer.section("d_step"):
-                D.requires_grad_(True)
-                for real in reals:
-                    z = torch.randn(batch_size, G.z_dim, device=device)
-                    with runtime.autocast(device, precision):
-                        with torch.no_grad():
-                            fake = G(z)
-                        loss_d = d_loss_fn(D(real), D(fake))
-                    opt_d.zero_grad(set_to_none=True)
-                    scaler_d.scale(loss_d).backward()
-                    scaler_d.step(opt_d)
-                    scaler_d.update()
-
-            with timer.section("g_step"):
-                D.requires_grad_(False)  # G's update needs no gradients of D's weights
-                z = torch.randn(batch_size, G.z_dim, device=device)
-                with runtime.autocast(device, precision):
-                    loss_g = g_loss_fn(D(G(z)))
-                opt_g.zero_grad(set_to_none=True)
-                scaler_g.scale(loss_g).backward()
-                scaler_g.step(opt_g)
-                scaler_g.update()
-
-            sum_d += loss_d.detach()
-            sum_g += loss_g.detach()
+            t_step = time.perf_counter()
+            if step_fn(step):
+                n_timed += 1
+            else:  # compilation or graph capture: reported apart, kept out of img/s
+                pause_s += time.perf_counter() - t_step
             n_interval += 1
             step += 1
             bar.update(step)
 
             if step % cfg.train.log_every == 0 or step == steps:
                 runtime.synchronize(device)  # the one sync per interval
-                interval_s = time.perf_counter() - t_interval - pause_s
+                interval_s = max(time.perf_counter() - t_interval - pause_s, 1e-9)
                 ms = timer.read()
-                loss_d_mean, loss_g_mean = (sum_d / n_interval).item(), (sum_g / n_interval).item()
+                loss_d_mean, loss_g_mean = step_fn.take_losses(n_interval)
+                steps_per_s = n_timed / interval_s
                 row = {
                     "step": step,
                     "elapsed_s": round(time.perf_counter() - t_start, 3),
-                    "img_per_s": round(n_interval * batch_size / interval_s, 1),
+                    "img_per_s": round(steps_per_s * batch_size, 1),
                     "d_step_ms": round(ms.get("d_step", 0.0) / n_interval, 3),
                     "g_step_ms": round(ms.get("g_step", 0.0) / n_interval, 3),
                     "data_ms": round(ms.get("data", 0.0) / n_interval, 3),
                     "peak_mem_mb": round(runtime.peak_memory_mb(device), 1),
+                    "mfu": round(flops_per_step * steps_per_s / peak, 5),
                     "loss_d": loss_d_mean,
                     "loss_g": loss_g_mean,
                 }
                 timing.write(row)
-                train_s += interval_s
-                images_done += n_interval * batch_size
+                if n_timed:
+                    train_s += interval_s
+                    images_done += n_timed * batch_size
                 stats = f"loss_d {loss_d_mean:.3f}  loss_g {loss_g_mean:.3f}  {row['img_per_s']:.0f} img/s"
                 bar.update(step, stats)
-                log.info("step %d/%d  %s  (d %.1f ms, g %.1f ms, data %.1f ms)", step, steps, stats,
-                         row["d_step_ms"], row["g_step_ms"], row["data_ms"])
+                log.info("step %d/%d  %s  (d %.1f ms, g %.1f ms, data %.1f ms, MFU %.1f%%)", step, steps, stats,
+                         row["d_step_ms"], row["g_step_ms"], row["data_ms"], 100 * row["mfu"])
                 if not (math.isfinite(loss_d_mean) and math.isfinite(loss_g_mean)):
                     timing.close()
                     raise GancliError(
                         f"the losses became non-finite by step {step} (loss_d {loss_d_mean}, loss_g {loss_g_mean}); "
                         "lower optimizer.lr or use precision=fp32"
                     )
-                sum_d.zero_()
-                sum_g.zero_()
-                n_interval, pause_s, t_interval = 0, 0.0, time.perf_counter()
+                n_interval = n_timed = 0
+                t_interval, pause_s = time.perf_counter(), 0.0
 
             t_write = time.perf_counter()  # writing files is kept out of the interval's time
             if cfg.train.sample_every and step % cfg.train.sample_every == 0:
@@ -225,16 +185,22 @@ def train(cfg: TrainApp, run_dir: Path) -> dict[str, Any]:
     if step == start and resume_from is not None and status == "completed":
         log.info("the checkpoint is already at step %d of %d: nothing to train", step, steps)
     checkpoint.save(state_at(step), ckpt_dir / "last.pt")
-    if not (run_dir / "samples" / f"step_{step:06d}.png").exists():
+    if not (samples_dir / f"step_{step:06d}.png").exists():
         write_samples(step)
 
+    img_per_s = images_done / train_s if train_s > 0 else None
     summary = {
         "status": status,
         "steps": step,
         "target_steps": steps,
         "wall_s": round(time.perf_counter() - t_start, 3),
         "train_s": round(train_s, 3),
-        "img_per_s": round(images_done / train_s, 1) if train_s > 0 else None,
+        "setup_s": round(step_fn.setup_s, 3),  # compilation and graph capture, outside img/s
+        "img_per_s": round(img_per_s, 1) if img_per_s else None,
+        "mfu": round(flops_per_step * img_per_s / batch_size / peak, 5) if img_per_s else None,
+        "flops_per_step": flops_per_step,
+        "peak_flops": peak,
+        "peak_flops_source": peak_source,
         "loss_d": loss_d_mean,
         "loss_g": loss_g_mean,
         "model": cfg.model.name,
@@ -242,6 +208,7 @@ def train(cfg: TrainApp, run_dir: Path) -> dict[str, Any]:
         "batch_size": batch_size,
         "device": runtime.describe(device),
         "precision": precision.value,
+        "accel": plan.used(),
         "resumed_from": str(resume_from) if resume_from else None,
         "run_dir": str(run_dir),
         "versions": {

@@ -31,7 +31,7 @@ def test_default_config():
 def test_top_level_keys_are_frozen():
     # A change here is a change of the config surface people script against.
     cfg = to_plain(compose_train())
-    assert list(cfg) == ["model", "data", "optimizer", "loss", "device", "precision", "train", "seed"]
+    assert list(cfg) == ["model", "data", "optimizer", "loss", "device", "precision", "accel", "train", "seed"]
     assert list(cfg["train"]) == [
         "steps", "batch_size", "d_steps", "log_every", "sample_every", "ckpt_every", "sample_n", "resume",
     ]
@@ -41,11 +41,12 @@ def test_top_level_keys_are_frozen():
     "group,names",
     [
         ("model", ["dcgan", "mlp", "seed"]),
-        ("data", ["cifar10", "digits", "fashion_mnist", "folder", "grid", "mnist", "ring"]),
+        ("data", ["cifar10", "digits", "fake", "fashion_mnist", "folder", "grid", "mnist", "ring"]),
         ("optimizer", ["adam", "rmsprop", "sgd"]),
         ("loss", ["minimax", "ns"]),
         ("device", ["auto", "cpu", "cuda", "mps"]),
-        ("precision", ["bf16", "fp16", "fp32"]),
+        ("precision", ["bf16", "fp16", "fp32", "tf32"]),
+        ("accel", ["baseline", "eager", "fast"]),
     ],
 )
 def test_every_group_option_composes(group, names):
@@ -91,7 +92,10 @@ def test_plain_round_trip():
 @pytest.mark.parametrize(
     "overrides,expected",
     [
-        (["precision=bf17"], ["precision=bf17", "bf16", "fp16", "fp32"]),
+        (["precision=bf17"], ["precision=bf17", "bf16", "fp16", "fp32", "tf32"]),
+        (["precision=tf32", "device=cpu"], ["tf32", "CUDA"]),
+        (["accel=turbo"], ["accel=turbo", "baseline", "eager", "fast"]),
+        (["accel.compile=fastest"], ["accel.compile", "reduce_overhead"]),
         (["train.steps=-5"], ["train.steps=-5", ">= 1"]),
         (["train.batch_size=0"], ["train.batch_size=0"]),
         (["train.foo=1"], ["train.foo", "train.steps"]),

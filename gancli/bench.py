@@ -1,0 +1,182 @@
+"""`gancli bench`: time the step of every accel x precision x batch-size variant in one process."""
+
+from __future__ import annotations
+
+import csv
+import gc
+import importlib.resources
+import logging
+import statistics
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Optional
+
+import hydra
+import torch
+from hydra import compose
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+from rich import get_console
+from rich.console import Console
+from rich.table import Table
+
+from gancli import runtime, train
+from gancli.config import BenchApp, Precision, to_typed
+from gancli.data import load_data
+from gancli.errors import GancliError, user_errors
+from gancli.files import atomic, write_json
+from gancli.step import TrainStep, step_flops
+from gancli.timing import SectionTimer
+
+log = logging.getLogger(__name__)
+
+CONFIG_NAME = "bench"
+AXES = {"accel": "accel", "precision": "precision", "train.batch_size": "batch_size"}  # override -> bench key
+COLUMNS = ["variant", "batch_size", "precision", "ms_per_step", "img_per_s", "speedup", "mfu", "peak_mem_mb"]
+
+
+@hydra.main(version_base="1.3", config_path="pkg://gancli.configs", config_name=CONFIG_NAME)
+def main(cfg: DictConfig) -> None:
+    # the user's training overrides, to compose each variant from (the matrix keys are re-added)
+    overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith(("bench.", "hydra."))]
+    with user_errors():
+        bench(to_typed(cfg), Path(HydraConfig.get().runtime.output_dir), overrides)
+
+
+def split_axes(args: list[str]) -> list[str]:
+    """`accel=a,b`, `precision=x,y` and `train.batch_size=64,1024` become the bench's lists."""
+    out = []
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if sep and key in AXES and not value.startswith("["):
+            out.append(f"bench.{AXES[key]}=[{value}]")
+        else:
+            out.append(arg)
+    return out
+
+
+def check(cfg: BenchApp) -> None:
+    """Every variant must be runnable here before any is timed."""
+    accel_options = {p.name[:-5] for p in (importlib.resources.files("gancli.configs") / "accel").iterdir()
+                     if p.name.endswith(".yaml")}
+    for name in cfg.bench.accel:
+        if name not in accel_options:
+            raise GancliError(f"accel={name} is not an option; choose from: {', '.join(sorted(accel_options))}")
+    for name in cfg.bench.precision:
+        if name not in Precision.__members__:
+            raise GancliError(f"precision={name} is not an option; choose from: {', '.join(Precision.__members__)}")
+        train.check(replace(cfg, precision=replace(cfg.precision, name=Precision[name])))
+    for size in cfg.bench.batch_size:
+        if size < 1:
+            raise GancliError(f"train.batch_size={size} is not allowed: a whole number >= 1")
+
+
+def bench(cfg: BenchApp, run_dir: Path, overrides: list[str]) -> list[dict[str, Any]]:
+    """Time each variant; print the table and write bench.json and bench.csv in `run_dir`."""
+    check(cfg)
+    rows: list[dict[str, Any]] = []
+    data_cache: dict[str, Any] = {}
+    for batch_size in cfg.bench.batch_size:
+        for precision in cfg.bench.precision:
+            for accel in cfg.bench.accel:
+                extra = [f"accel={accel}", f"precision={precision}", f"train.batch_size={batch_size}"]
+                variant = to_typed(compose(CONFIG_NAME, overrides=[*overrides, *extra]))
+                rows.append(time_variant(variant, cfg.bench.warmup, cfg.bench.steps, cfg.bench.repeats, data_cache))
+                log.info("%s batch %d %s: %.2f ms/step, %.0f img/s", accel, batch_size, precision,
+                         rows[-1]["ms_per_step"], rows[-1]["img_per_s"])
+    for row in rows:
+        row["speedup"] = _speedup(row, rows)
+    write_json(run_dir / "bench.json", rows)
+    with atomic(run_dir / "bench.csv") as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    _print_table(rows, cfg, run_dir)
+    return rows
+
+
+def time_variant(cfg: BenchApp, warmup: int, steps: int, repeats: int, data_cache: dict) -> dict[str, Any]:
+    """Median time of `repeats` runs of `steps` training steps, after untimed warm-up steps."""
+    device = train.check(cfg)
+    precision = cfg.precision.name
+    runtime.configure_precision(device, precision)
+    runtime.seed_everything(cfg.seed)
+    key = repr(cfg.data)
+    if key not in data_cache:
+        data_cache.clear()  # one data set in memory at a time
+        data_cache[key] = load_data(cfg.data, cfg.seed)
+    data = data_cache[key]
+    plan = runtime.plan_accel(cfg.accel, device, precision, has_convs=cfg.model.name != "mlp")
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    step_fn = TrainStep(cfg, data, device, plan, SectionTimer(device))
+    k = 0
+    for _ in range(max(warmup, plan.warmup_steps + 2)):  # graphs need their warm-up and capture
+        step_fn(k)
+        k += 1
+    times = []
+    for _ in range(repeats):
+        runtime.synchronize(device)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step_fn(k)
+            k += 1
+        runtime.synchronize(device)
+        times.append((time.perf_counter() - t0) / steps)
+    loss_d, loss_g = step_fn.take_losses(k)
+    seconds = statistics.median(times)
+    peak, _ = runtime.peak_flops(device, precision)
+    row = {
+        "variant": plan.name,
+        "batch_size": cfg.train.batch_size,
+        "precision": precision.value,
+        "ms_per_step": round(seconds * 1e3, 3),
+        "img_per_s": round(cfg.train.batch_size / seconds, 1),
+        "speedup": None,
+        "mfu": round(step_flops(cfg, data.shape) / seconds / peak, 5),
+        "peak_mem_mb": round(runtime.peak_memory_mb(device), 1),
+        "setup_s": round(step_fn.setup_s, 3),
+        "cuda_graphs": plan.cuda_graphs,
+        "compile": plan.compile,
+        "notes": "; ".join(plan.notes),
+        "loss_d": round(loss_d, 4),
+        "loss_g": round(loss_g, 4),
+        "device": runtime.describe(device),
+        "torch": torch.__version__,
+    }
+    del step_fn
+    gc.collect()
+    return row
+
+
+def _speedup(row: dict[str, Any], rows: list[dict[str, Any]]) -> Optional[float]:
+    """img/s over `baseline` at the same batch size: its fp32 row if timed, else the same precision."""
+    same_batch = [r for r in rows if r["variant"] == "baseline" and r["batch_size"] == row["batch_size"]]
+    base = next((r for r in same_batch if r["precision"] == "fp32"), None) or next(
+        (r for r in same_batch if r["precision"] == row["precision"]), None
+    )
+    return round(row["img_per_s"] / base["img_per_s"], 2) if base else None
+
+
+def _print_table(rows: list[dict[str, Any]], cfg: BenchApp, run_dir: Path) -> None:
+    table = Table(title=f"gancli bench: {cfg.model.name} on {cfg.data.name.value}, {rows[0]['device']}, torch {torch.__version__}")
+    for column in COLUMNS:
+        table.add_column(column, justify="left" if column in ("variant", "precision") else "right")
+    for row in rows:
+        cells = []
+        for column in COLUMNS:
+            value = row[column]
+            if value is None:
+                cells.append("-")
+            elif column == "mfu":
+                cells.append(f"{100 * value:.1f}%")
+            elif column == "speedup":
+                cells.append(f"{value:.2f}x")
+            else:
+                cells.append(str(value))
+        table.add_row(*cells)
+    console = get_console() if get_console().is_terminal else Console(width=160)  # no cut columns in logs
+    console.print(table)
+    console.print(f"bench.json and bench.csv in {run_dir}")

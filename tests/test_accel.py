@@ -1,0 +1,207 @@
+"""Devices, precisions and the accel variants, on the CPU (CUDA and MPS mocked where needed)."""
+
+import json
+
+import pytest
+import torch
+
+from conftest import is_png, read_json, run_gancli
+from gancli import checkpoint, cli, runtime
+from gancli.config import AccelConfig, AccelName, CompileMode, DeviceConfig, DeviceType, Precision
+from gancli.errors import GancliError
+from gancli.step import TrainStep, step_flops
+from gancli.timing import SectionTimer
+from test_config import compose_train
+
+CPU = torch.device("cpu")
+
+
+def test_cpu_precisions():
+    runtime.check_precision(CPU, Precision.fp32)
+    runtime.check_precision(CPU, Precision.bf16)
+    with pytest.raises(GancliError, match="fp16"):
+        runtime.check_precision(CPU, Precision.fp16)
+    with pytest.raises(GancliError, match="tf32"):
+        runtime.check_precision(CPU, Precision.tf32)
+
+
+def test_autocast_per_precision():
+    assert not isinstance(runtime.autocast(CPU, Precision.fp32), torch.autocast)
+    with runtime.autocast(CPU, Precision.bf16):
+        y = torch.nn.Linear(4, 4)(torch.randn(2, 4))
+    assert y.dtype == torch.bfloat16
+    assert not runtime.grad_scaler(CPU, Precision.bf16).is_enabled()
+
+
+def test_absent_devices_are_errors_not_fallbacks(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert runtime.resolve_device(DeviceConfig(type=DeviceType.auto)) == CPU
+    with pytest.raises(GancliError, match="device=cuda"):
+        runtime.resolve_device(DeviceConfig(type=DeviceType.cuda))
+    with pytest.raises(GancliError, match="device=mps"):
+        runtime.resolve_device(DeviceConfig(type=DeviceType.mps))
+
+
+def test_cuda_index_is_checked(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    assert runtime.resolve_device(DeviceConfig(type=DeviceType.cuda, index=1)) == torch.device("cuda", 1)
+    with pytest.raises(GancliError, match="device.index=2"):
+        runtime.resolve_device(DeviceConfig(type=DeviceType.cuda, index=2))
+
+
+def test_cuda_colon_index_spelling():
+    assert cli._device_index("device=cuda:3") == ["device=cuda", "device.index=3"]
+    assert cli._device_index("device=cpu") == ["device=cpu"]
+
+
+def test_mps_selection_and_precisions_with_the_backend_mocked(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    mps = runtime.resolve_device(DeviceConfig(type=DeviceType.auto))
+    assert mps == torch.device("mps") == runtime.resolve_device(DeviceConfig(type=DeviceType.mps))
+    runtime.check_precision(mps, Precision.fp16)
+    with pytest.raises(GancliError, match="tf32"):
+        runtime.check_precision(mps, Precision.tf32)
+    monkeypatch.setattr(torch.backends.mps, "is_macos_or_newer", lambda major, minor: False, raising=False)
+    with pytest.raises(GancliError, match="macOS 14"):
+        runtime.check_precision(mps, Precision.bf16)
+    monkeypatch.setattr(torch.backends.mps, "is_macos_or_newer", lambda major, minor: True, raising=False)
+    runtime.check_precision(mps, Precision.bf16)
+    plan = runtime.plan_accel(AccelConfig(), mps, Precision.fp16, has_convs=True)
+    assert not plan.cuda_graphs and any("mps" in note for note in plan.notes)
+
+
+@pytest.mark.parametrize(
+    "device,precision,accel,expected",
+    [
+        ("cpu", Precision.fp32, AccelConfig(), "not CUDA"),
+        ("cuda", Precision.fp16, AccelConfig(), "fp16"),
+        ("cuda", Precision.bf16, AccelConfig(host_syncs=True), "host syncs"),
+        ("cuda", Precision.bf16, AccelConfig(compile=CompileMode.default), "torch.compile"),
+    ],
+)
+def test_graphs_say_why_they_are_off(device, precision, accel, expected):
+    plan = runtime.plan_accel(accel, torch.device(device), precision, has_convs=True)
+    assert not plan.cuda_graphs
+    assert len(plan.notes) == 1 and expected in plan.notes[0]
+    assert plan.used()["cuda_graphs"] is False
+
+
+def test_graphs_planned_on_cuda_bf16():
+    plan = runtime.plan_accel(AccelConfig(), torch.device("cuda"), Precision.bf16, has_convs=True)
+    assert plan.cuda_graphs and plan.notes == []
+    plan = runtime.plan_accel(AccelConfig(channels_last=True), CPU, Precision.fp32, has_convs=False)
+    assert not plan.channels_last and "channels_last" in plan.notes[-1]
+
+
+def test_accel_presets():
+    baseline = compose_train("accel=baseline").accel
+    assert baseline.name is AccelName.baseline and baseline.dataloader and baseline.host_syncs
+    assert not (baseline.fused_optimizer or baseline.cuda_graphs)
+    fast = compose_train().accel  # the default
+    assert fast.name is AccelName.fast and fast.fused_optimizer and fast.cuda_graphs and not fast.host_syncs
+    assert compose_train("accel.compile=reduce_overhead").accel.compile is CompileMode.reduce_overhead
+
+
+def _train(tmp_path, name, *overrides):
+    from gancli.train import train
+
+    cfg = compose_train("device=cpu", "model.g_width=8", "model.d_width=8", "train.batch_size=32",
+                        "train.log_every=5", "train.sample_every=0", "train.ckpt_every=0", *overrides)
+    summary = train(cfg, tmp_path / name)
+    rows = [json.loads(line) for line in (tmp_path / name / "timing.jsonl").read_text().splitlines()]
+    return summary, rows
+
+
+@pytest.mark.parametrize("accel", ["baseline", "eager", "fast"])
+def test_each_variant_trains(tmp_path, accel):
+    summary, rows = _train(tmp_path, accel, f"accel={accel}", "train.steps=6", "train.log_every=3")
+    assert summary["status"] == "completed" and summary["steps"] == 6
+    assert summary["accel"]["name"] == accel and summary["accel"]["cuda_graphs"] is False
+    assert summary["accel"]["dataloader"] == (accel == "baseline")
+    assert [r["step"] for r in rows] == [3, 6] and all(0 < r["mfu"] < 1 for r in rows)
+    assert is_png(tmp_path / accel / "samples" / "step_000006.png")
+
+
+def test_fast_trains_the_same_model_as_eager(tmp_path):
+    _, eager = _train(tmp_path, "eager", "accel=eager", "train.steps=40")
+    _, fast = _train(tmp_path, "fast", "accel=fast", "train.steps=40")
+    assert len(eager) == len(fast) == 8
+    for a, b in zip(eager, fast):
+        assert a["loss_d"] == pytest.approx(b["loss_d"], rel=1e-3, abs=1e-3)
+        assert a["loss_g"] == pytest.approx(b["loss_g"], rel=1e-3, abs=1e-3)
+
+
+def test_baseline_reads_five_values_per_step():
+    cfg = compose_train("device=cpu", "accel=baseline", "model=mlp", "model.width=8", "data=ring", "train.batch_size=8")
+    from gancli.data import load_data
+
+    plan = runtime.plan_accel(cfg.accel, CPU, Precision.fp32, has_convs=False)
+    step_fn = TrainStep(cfg, load_data(cfg.data, 0), CPU, plan, SectionTimer(CPU))
+    calls = []
+    original = torch.Tensor.item
+    # count reads of values computed by the step (the optimizers' own CPU step counters are not syncs)
+    torch.Tensor.item = lambda self: (self.grad_fn is not None and calls.append(1)) or original(self)
+    try:
+        step_fn(0)
+    finally:
+        torch.Tensor.item = original
+    assert len(calls) == 5
+    assert set(step_fn.host_stats) == {"loss_d", "loss_g", "d_real", "d_fake", "d_fake_after"}
+
+
+def test_scalers_round_trip_through_a_checkpoint(tmp_path):
+    cfg = compose_train("device=cpu", "model=mlp", "model.width=8", "data=ring", "train.batch_size=8")
+    from gancli.data import load_data
+
+    data = load_data(cfg.data, 0)
+    plan = runtime.plan_accel(cfg.accel, CPU, Precision.fp32, has_convs=False)
+    step_fn = TrainStep(cfg, data, CPU, plan, SectionTimer(CPU))
+    # the scalers fp16 uses (CUDA/MPS), built on the CPU here with a scale of their own
+    step_fn.scaler_g = torch.amp.GradScaler("cpu", init_scale=1024.0, growth_interval=7)
+    step_fn.scaler_d = torch.amp.GradScaler("cpu", init_scale=64.0)
+    step_fn.scaler_g.scale(torch.ones(()))  # the scale tensor exists once used
+    step_fn.scaler_d.scale(torch.ones(()))
+    checkpoint.save({"step": 0, "config": {}, "data_shape": [2], **step_fn.state_dict()}, tmp_path / "c.pt")
+    restored = TrainStep(cfg, data, CPU, plan, SectionTimer(CPU))
+    restored.scaler_g = torch.amp.GradScaler("cpu")
+    restored.scaler_d = torch.amp.GradScaler("cpu")
+    restored.load_state_dict(checkpoint.load(tmp_path / "c.pt"))
+    assert restored.scaler_g.get_scale() == 1024.0 and restored.scaler_g.get_growth_interval() == 7
+    assert restored.scaler_d.get_scale() == 64.0
+
+
+def test_step_flops_scale_with_batch_and_d_steps():
+    cfg = compose_train("model=seed")
+    one = step_flops(cfg, (1, 28, 28))
+    assert one > 0
+    cfg.train.batch_size *= 2
+    assert step_flops(cfg, (1, 28, 28)) == 2 * one
+    cfg.train.d_steps = 2
+    assert step_flops(cfg, (1, 28, 28)) > 2 * one
+
+
+def test_bench_writes_its_table(tmp_path):
+    proc = run_gancli("bench", "model=mlp", "model.width=16", "data.n=256", "train.batch_size=8,16",
+                      "accel=baseline,fast", "bench.warmup=1", "bench.steps=2", "bench.repeats=2", "device=cpu",
+                      f"hydra.run.dir={tmp_path / 'bench'}", cwd=tmp_path)
+    rows = read_json(tmp_path / "bench" / "bench.json")
+    assert [(r["variant"], r["batch_size"]) for r in rows] == [("baseline", 8), ("fast", 8), ("baseline", 16), ("fast", 16)]
+    for row in rows:
+        assert set(row) >= {"variant", "batch_size", "precision", "ms_per_step", "img_per_s", "speedup", "mfu",
+                            "peak_mem_mb"}
+        assert row["ms_per_step"] > 0 and row["img_per_s"] > 0 and row["mfu"] > 0
+        assert row["img_per_s"] == pytest.approx(row["batch_size"] / row["ms_per_step"] * 1000, rel=0.01)
+    assert rows[0]["speedup"] == 1.0 and rows[2]["speedup"] == 1.0
+    assert (tmp_path / "bench" / "bench.csv").read_text().splitlines()[0].startswith("variant,batch_size,precision")
+    assert "img_per_s" in proc.stdout
+
+
+def test_bench_refuses_a_bad_variant_before_timing(tmp_path):
+    proc = run_gancli("bench", "accel=baseline,turbo", "device=cpu", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "accel=turbo" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run_gancli("bench", "precision=fp32,fp16", "device=cpu", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "fp16" in proc.stderr
