@@ -129,7 +129,7 @@ def time_variant(cfg: BenchApp, warmup: int, steps: int, repeats: int, data_cach
     seconds = statistics.median(times)
     peak, _ = runtime.peak_flops(device, precision)
     row = {
-        "variant": plan.name,
+        "variant": plan.name + (f"+compile:{plan.compile}" if plan.compile else ""),
         "batch_size": cfg.train.batch_size,
         "precision": precision.value,
         "ms_per_step": round(seconds * 1e3, 3),
