@@ -100,7 +100,7 @@ def time_variant(cfg: BenchApp, warmup: int, steps: int, repeats: int, data_cach
     """Median time of `repeats` runs of `steps` training steps, after untimed warm-up steps."""
     device = train.check(cfg)
     precision = cfg.precision.name
-    runtime.configure_precision(device, precision)
+    runtime.configure_backends(device, precision)
     runtime.seed_everything(cfg.seed)
     key = repr(cfg.data)
     if key not in data_cache:

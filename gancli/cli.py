@@ -24,8 +24,9 @@ COMMANDS = {
 USAGE = "usage: gancli <command> [key=value ...] [-m] [--cfg job] [--help]\n\ncommands:\n" + "".join(
     f"  {name:<8} {about}\n" for name, (_, about) in COMMANDS.items()
 )
-# Hydra flags after which nothing is run, or whose config we could not see beforehand
-_NO_PREFLIGHT = {"--help", "-h", "--hydra-help", "--info", "-i", "--shell-completion", "-sc",
+# Hydra flags after which nothing is run (--cfg prints the config, `???` for what is missing),
+# or whose config we could not see beforehand
+_NO_PREFLIGHT = {"--help", "-h", "--hydra-help", "--info", "-i", "--shell-completion", "-sc", "--cfg", "-c",
                  "--config-dir", "-cd", "--config-path", "-cp", "--config-name", "-cn"}
 
 

@@ -78,19 +78,21 @@ def _mps_supports_bf16() -> bool:
     return bool(check and check(14, 0))
 
 
-def configure_precision(device: torch.device, precision: Precision) -> None:
+def configure_backends(device: torch.device, precision: Precision) -> None:
     """fp32 is strict (no TF32 in matmuls or convolutions); tf32 turns TF32 on for both."""
     if device.type == "cuda":
         tf32 = precision is Precision.tf32
         torch.backends.cuda.matmul.allow_tf32 = tf32
         torch.backends.cudnn.allow_tf32 = tf32
+        torch.backends.cudnn.benchmark = True  # shapes never change within a run
 
 
-def autocast(device: torch.device, precision: Precision) -> contextlib.AbstractContextManager:
-    """The forward-pass context for this precision (a no-op for fp32)."""
+def autocast(device: torch.device, precision: Precision, cache: bool = True) -> contextlib.AbstractContextManager:
+    """The forward-pass context for this precision (a no-op for fp32 and tf32). Inside a CUDA
+    graph capture the cast-weight cache must be off (`cache=False`)."""
     if precision in (Precision.fp32, Precision.tf32):
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=_AUTOCAST_DTYPES[precision])
+    return torch.autocast(device_type=device.type, dtype=_AUTOCAST_DTYPES[precision], cache_enabled=cache)
 
 
 def grad_scaler(device: torch.device, precision: Precision) -> torch.amp.GradScaler:

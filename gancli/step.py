@@ -35,11 +35,21 @@ def make_optimizer(
         kernels = {"fused": True} if cfg.name in (OptimizerName.adam, OptimizerName.sgd) else {"foreach": True}
     if capturable and cfg.name in (OptimizerName.adam, OptimizerName.rmsprop):
         kernels["capturable"] = True
-    if cfg.name is OptimizerName.adam:
-        return torch.optim.Adam(params, lr=lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay, **kernels)
-    if cfg.name is OptimizerName.sgd:
-        return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, **kernels)
-    return torch.optim.RMSprop(params, lr=lr, alpha=cfg.alpha, momentum=cfg.momentum, weight_decay=cfg.weight_decay, **kernels)
+
+    def build(**kw: Any) -> torch.optim.Optimizer:
+        if cfg.name is OptimizerName.adam:
+            return torch.optim.Adam(params, lr=lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay, **kw)
+        if cfg.name is OptimizerName.sgd:
+            return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, **kw)
+        return torch.optim.RMSprop(params, lr=lr, alpha=cfg.alpha, momentum=cfg.momentum, weight_decay=cfg.weight_decay, **kw)
+
+    try:
+        return build(**kernels)
+    except RuntimeError as exc:  # this torch has no fused kernels for the device
+        if not kernels.pop("fused", False):
+            raise
+        log.info("fused %s kernels unavailable here (%s); using foreach kernels", cfg.name.value, exc)
+        return build(foreach=True, **kernels)
 
 
 def d_forward(G: nn.Module, D: nn.Module, real: torch.Tensor, z: torch.Tensor, d_loss_fn) -> tuple[torch.Tensor, ...]:
@@ -101,7 +111,7 @@ class TrainStep:
     def _d_update(self, real: torch.Tensor) -> None:
         self.D.requires_grad_(True)
         z = torch.randn(self.batch_size, self.G.z_dim, device=self.device)
-        with runtime.autocast(self.device, self.precision):
+        with runtime.autocast(self.device, self.precision, cache=not self.plan.cuda_graphs):
             loss, real_logits, fake_logits = d_forward(self.G_run, self.D_run, real, z, self.d_loss_fn)
         self.opt_d.zero_grad(set_to_none=True)
         self.scaler_d.scale(loss).backward()
@@ -116,7 +126,7 @@ class TrainStep:
     def _g_update(self) -> None:
         self.D.requires_grad_(False)  # G's update needs no gradients of D's weights
         z = torch.randn(self.batch_size, self.G.z_dim, device=self.device)
-        with runtime.autocast(self.device, self.precision):
+        with runtime.autocast(self.device, self.precision, cache=not self.plan.cuda_graphs):
             loss, fake_logits = g_forward(self.G_run, self.D_run, z, self.g_loss_fn)
         self.opt_g.zero_grad(set_to_none=True)
         self.scaler_g.scale(loss).backward()

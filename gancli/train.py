@@ -59,7 +59,7 @@ def train(cfg: TrainApp, run_dir: Path) -> dict[str, Any]:
     t_start = time.perf_counter()
     device = check(cfg)
     precision = cfg.precision.name
-    runtime.configure_precision(device, precision)
+    runtime.configure_backends(device, precision)
     runtime.seed_everything(cfg.seed)
     steps, batch_size = cfg.train.steps, cfg.train.batch_size
 

@@ -105,6 +105,8 @@ def test_cfg_job_prints_the_composed_config(tmp_path):
     proc = run_gancli("train", "model=seed", "precision=bf16", "--cfg", "job", cwd=tmp_path)
     assert "name: seed" in proc.stdout and "name: bf16" in proc.stdout and "steps:" in proc.stdout
     assert not (tmp_path / "outputs").exists()
+    proc = run_gancli("sample", "--cfg", "job", cwd=tmp_path)  # prints what must still be given
+    assert "ckpt: ???" in proc.stdout
 
 
 @pytest.mark.parametrize(
