@@ -53,7 +53,11 @@ def main(argv: Optional[list[str]] = None) -> None:
         except GancliError as exc:
             _fail(str(exc))
     sys.argv = [f"gancli {command}", *rest]
-    module.main()
+    try:
+        module.main()
+    except KeyboardInterrupt:  # a second Ctrl-C in training, or one before the loop starts
+        print("gancli: interrupted", file=sys.stderr)
+        sys.exit(130)
 
 
 def _device_index(arg: str) -> list[str]:
