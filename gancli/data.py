@@ -247,7 +247,7 @@ class LoaderBatches:
         if batch_size > len(data.x):
             raise GancliError(f"train.batch_size={batch_size} is larger than the data set ({len(data.x)} samples)")
         self.loader = DataLoader(
-            TensorDataset(to_model(data.x.clone())),
+            TensorDataset(to_model(data.x)),  # floats in host memory, as the usual loop has them
             batch_size=batch_size,
             shuffle=True,
             drop_last=True,

@@ -1,7 +1,6 @@
 """The real `gancli` entry points, run tiny on the CPU in subprocesses."""
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
