@@ -17,12 +17,11 @@ import torch
 from hydra import compose
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
-from rich import get_console
-from rich.console import Console
 from rich.table import Table
 
 from gancli import runtime, train
 from gancli.config import BenchApp, Precision, to_typed
+from gancli.console import table_console
 from gancli.data import load_data
 from gancli.errors import GancliError, user_errors
 from gancli.files import atomic, write_json
@@ -177,6 +176,6 @@ def _print_table(rows: list[dict[str, Any]], cfg: BenchApp, run_dir: Path) -> No
             else:
                 cells.append(str(value))
         table.add_row(*cells)
-    console = get_console() if get_console().is_terminal else Console(width=160)  # no cut columns in logs
+    console = table_console()
     console.print(table)
     console.print(f"bench.json and bench.csv in {run_dir}")

@@ -19,6 +19,7 @@ from gancli.errors import GancliError
 COMMANDS = {
     "train": ("gancli.train", "train a GAN (gancli train model=seed data=mnist device=cuda)"),
     "sample": ("gancli.sample", "images from a checkpoint (gancli sample ckpt=outputs/<run> n=64)"),
+    "eval": ("gancli.evaluate", "quality and mode-collapse metrics of a checkpoint (gancli eval ckpt=outputs/<run>)"),
     "bench": ("gancli.bench", "time accel x precision x batch size (gancli bench train.batch_size=64,256)"),
 }
 USAGE = "usage: gancli <command> [key=value ...] [-m] [--cfg job] [--help]\n\ncommands:\n" + "".join(
@@ -133,6 +134,6 @@ def one_line(exc: BaseException) -> str:
     if isinstance(cause, ValidationError) and key:
         message = str(getattr(cause, "msg", cause)).splitlines()[0]
         return f"{key}: {message}"
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    text = " ".join(lines)
+    lines = [line.strip() for line in (str(exc) or str(cause)).splitlines() if line.strip()]
+    text = " ".join(lines) or type(cause).__name__
     return re.sub(r"\s+", " ", text)

@@ -236,6 +236,19 @@ class LoopConfig:
 
 
 @dataclass
+class EvalConfig:
+    """Quality metrics during training (see `gancli eval`)."""
+
+    every: int = 0  # steps between evaluations into metrics.jsonl; 0 = off
+    n: int = 2500  # generated samples per evaluation
+    cache_dir: str = "~/.cache/gancli"  # where reference classifiers are kept
+
+    def __post_init__(self) -> None:
+        _require(self.every >= 0, "eval.every", self.every, "a whole number >= 0 (0 turns it off)")
+        _require(self.n >= 2, "eval.n", self.n, "a whole number >= 2")
+
+
+@dataclass
 class TrainApp:
     """Root of `gancli train`."""
 
@@ -247,6 +260,7 @@ class TrainApp:
     precision: PrecisionConfig = field(default_factory=PrecisionConfig)
     accel: AccelConfig = field(default_factory=AccelConfig)
     train: LoopConfig = field(default_factory=LoopConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     seed: int = 0
 
 
@@ -293,12 +307,32 @@ class SampleApp:
         _require(self.batch_size >= 1, "batch_size", self.batch_size, "a whole number >= 1")
 
 
+@dataclass
+class EvalApp:
+    """Root of `gancli eval`."""
+
+    ckpt: str = MISSING  # a checkpoint file or a run folder (its last checkpoint)
+    n: int = 2500  # generated samples
+    out: Optional[str] = None  # default: the run folder
+    seed: int = 0
+    cache_dir: str = "~/.cache/gancli"  # where reference classifiers are kept
+    device: DeviceConfig = field(default_factory=DeviceConfig)
+
+    def __post_init__(self) -> None:
+        _require(self.n >= 2, "n", self.n, "a whole number >= 2")
+
+
+LABELLED = {DataName.digits, DataName.mnist, DataName.fashion_mnist, DataName.cifar10}
+MIXTURES = {DataName.ring, DataName.grid}
+
+
 def register() -> None:
     """Put the schemas in Hydra's ConfigStore (the YAML files name them in their defaults)."""
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainApp)
     cs.store(name="sample_schema", node=SampleApp)
     cs.store(name="bench_schema", node=BenchApp)
+    cs.store(name="eval_schema", node=EvalApp)
     for name, schema in MODEL_SCHEMAS.items():
         cs.store(group="model", name=f"{name}_schema", node=schema)
 

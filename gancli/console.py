@@ -7,6 +7,7 @@ import sys
 from typing import Any
 
 from rich import get_console
+from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -18,6 +19,11 @@ def console_handler() -> logging.Handler:
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(logging.Formatter("[%(asctime)s] %(message)s", "%H:%M:%S"))
     return handler
+
+
+def table_console() -> Console:
+    """Where tables print: the terminal, or a wide console so that logs keep every column."""
+    return get_console() if get_console().is_terminal else Console(width=160)
 
 
 class progress_bar:

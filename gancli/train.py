@@ -19,9 +19,10 @@ from omegaconf import DictConfig, OmegaConf
 import gancli
 from gancli import checkpoint, runtime
 from gancli.console import progress_bar
-from gancli.config import TrainApp, to_plain, to_typed
+from gancli.config import LABELLED, MIXTURES, TrainApp, to_plain, to_typed
 from gancli.data import data_shape, load_data
 from gancli.errors import GancliError, user_errors
+from gancli.evaluate import evaluate
 from gancli.files import write_json, write_text
 from gancli.images import save_grid, save_scatter
 from gancli.models import build_models
@@ -51,6 +52,11 @@ def check(cfg: TrainApp) -> torch.device:
         build_models(cfg.model, data_shape(cfg.data))
     if cfg.train.resume not in (None, "auto"):
         checkpoint.find(cfg.train.resume)
+    if cfg.eval.every and cfg.data.name not in LABELLED | MIXTURES:
+        raise GancliError(
+            f"eval.every needs a labelled data set ({', '.join(sorted(d.value for d in LABELLED))}) or ring/grid, "
+            f"not data={cfg.data.name.value}; set eval.every=0"
+        )
     return device
 
 
@@ -118,6 +124,8 @@ def train(cfg: TrainApp, run_dir: Path) -> dict[str, Any]:
     flops_per_step = step_flops(cfg, data.shape)
     peak, peak_source = runtime.peak_flops(device, precision)
     timing = JsonLines(run_dir / "timing.jsonl")
+    metrics_log = JsonLines(run_dir / "metrics.jsonl") if cfg.eval.every else None
+    metrics: Optional[dict[str, Any]] = None
     n_interval = n_timed = 0
     train_s, images_done = 0.0, 0
     loss_d_mean = loss_g_mean = float("nan")
@@ -179,8 +187,15 @@ def train(cfg: TrainApp, run_dir: Path) -> dict[str, Any]:
             if cfg.train.ckpt_every and step % cfg.train.ckpt_every == 0:
                 checkpoint.save(state_at(step), ckpt_dir / f"step_{step:06d}.pt")
                 checkpoint.save(state_at(step), ckpt_dir / "last.pt")
+            if cfg.eval.every and step % cfg.eval.every == 0:
+                metrics = {"step": step, **evaluate(G, data, cfg.data, cfg.eval.n, device, cfg.seed, cfg.eval.cache_dir)}
+                metrics_log.write(metrics)
+                log.info("step %d metrics: %s", step, ", ".join(
+                    f"{k} {v:.4g}" for k, v in metrics.items() if isinstance(v, (int, float)) and k != "step"))
             pause_s += time.perf_counter() - t_write
     timing.close()
+    if metrics_log:
+        metrics_log.close()
 
     if step == start and resume_from is not None and status == "completed":
         log.info("the checkpoint is already at step %d of %d: nothing to train", step, steps)
@@ -203,6 +218,7 @@ def train(cfg: TrainApp, run_dir: Path) -> dict[str, Any]:
         "peak_flops_source": peak_source,
         "loss_d": loss_d_mean,
         "loss_g": loss_g_mean,
+        "metrics": metrics,  # the last evaluation, when eval.every is on
         "model": cfg.model.name,
         "data": cfg.data.name.value,
         "batch_size": batch_size,

@@ -31,7 +31,7 @@ def test_default_config():
 def test_top_level_keys_are_frozen():
     # A change here is a change of the config surface people script against.
     cfg = to_plain(compose_train())
-    assert list(cfg) == ["model", "data", "optimizer", "loss", "device", "precision", "accel", "train", "seed"]
+    assert list(cfg) == ["model", "data", "optimizer", "loss", "device", "precision", "accel", "train", "eval", "seed"]
     assert list(cfg["train"]) == [
         "steps", "batch_size", "d_steps", "log_every", "sample_every", "ckpt_every", "sample_n", "resume",
     ]

@@ -1,0 +1,113 @@
+"""`gancli eval`, and `evaluate`, which training calls every `eval.every` steps."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from omegaconf import DictConfig
+from rich.table import Table
+
+from gancli import checkpoint, runtime
+from gancli.classifier import FEATURES, VERSION, reference_classifier
+from gancli.console import table_console
+from gancli.config import DataConfig, EvalApp, to_typed, train_config_from_plain
+from gancli.data import Data, load_data, to_model
+from gancli.errors import GancliError, user_errors
+from gancli.files import write_json
+from gancli.images import save_scatter
+from gancli.metrics import class_metrics, frechet_distance, mixture_metrics
+from gancli.sample import load_generator
+
+log = logging.getLogger(__name__)
+
+CONFIG_NAME = "eval"
+
+
+@hydra.main(version_base="1.3", config_path="pkg://gancli.configs", config_name=CONFIG_NAME)
+def main(cfg: DictConfig) -> None:
+    with user_errors():
+        run_eval(to_typed(cfg))
+
+
+def check(cfg: EvalApp) -> None:
+    runtime.resolve_device(cfg.device)
+
+
+@torch.no_grad()
+def generate(G: torch.nn.Module, n: int, device: torch.device, seed: int, batch_size: int = 500) -> torch.Tensor:
+    """n samples from G in eval mode (float32, on the CPU), from noise of their own generator."""
+    gen = torch.Generator().manual_seed(seed)
+    was_training = G.training
+    G.eval()
+    out = [G(torch.randn(min(batch_size, n - i), G.z_dim, generator=gen).to(device)).float().cpu()
+           for i in range(0, n, batch_size)]
+    G.train(was_training)
+    return torch.cat(out)
+
+
+def evaluate(G: torch.nn.Module, data: Data, data_cfg: DataConfig, n: int, device: torch.device, seed: int,
+             cache_dir: str) -> dict[str, Any]:
+    """The metrics for this kind of data, each with the protocol it was measured under."""
+    fake = generate(G, n, device, seed)
+    if not data.is_image:
+        if data.centres is None:
+            raise GancliError(f"data={data_cfg.name.value} has no mixture centres to measure modes against")
+        metrics: dict[str, Any] = mixture_metrics(fake, data.centres, data_cfg.std)
+        protocol = {"n_generated": n, "n_real": 0, "feature_extractor": "none (nearest mixture centre)"}
+    elif data.labels is None:
+        raise GancliError(f"data={data_cfg.name.value} has no labels: the classifier metrics need a labelled data set")
+    else:
+        ref = reference_classifier(data, Path(cache_dir), device)
+        train_real = data.x[ref.train_idx[:n]]
+        held_real = data.x[ref.held_idx[:n]]
+        real_feats, _ = ref.embed(to_model(train_real), device)
+        held_feats, _ = ref.embed(to_model(held_real), device)
+        fake_feats, fake_pred = ref.embed(fake, device)
+        m = min(len(real_feats), len(held_feats))
+        metrics = {
+            "fd": frechet_distance(real_feats.numpy(), fake_feats.numpy()),
+            "fd_real_floor": frechet_distance(real_feats[:m].numpy(), held_feats[:m].numpy()),
+            "classifier_accuracy": ref.accuracy,
+            **class_metrics(fake_pred, data.labels[ref.train_idx], ref.n_classes),
+        }
+        protocol = {
+            "n_generated": n,
+            "n_real": len(real_feats),
+            "n_real_floor": m,
+            "feature_extractor": f"gancli reference classifier v{VERSION}, penultimate layer ({FEATURES}-d)",
+            "extractor_hash": ref.weights_hash[:16],
+            "data_hash": ref.data_hash[:16],
+        }
+    protocol["data"] = data_cfg.name.value
+    protocol["data_split"] = data_cfg.split.value if data.is_image else f"drawn, seed {seed}"
+    protocol["seed"] = seed
+    return {**metrics, "protocol": protocol}
+
+
+def run_eval(cfg: EvalApp) -> dict[str, Any]:
+    device = runtime.resolve_device(cfg.device)
+    G, shape, path = load_generator(cfg.ckpt, device)
+    state = checkpoint.load(path)
+    train_cfg = train_config_from_plain(state["config"])
+    data = load_data(train_cfg.data, train_cfg.seed)
+    metrics = evaluate(G, data, train_cfg.data, cfg.n, device, cfg.seed, cfg.cache_dir)
+    metrics["step"] = state["step"]
+    metrics["checkpoint"] = str(path)
+    out = Path(cfg.out) if cfg.out else checkpoint.run_dir_of(path)
+    write_json(out / "metrics.json", metrics)
+    if not data.is_image:
+        save_scatter(generate(G, cfg.n, device, cfg.seed), out / "eval_scatter.png", real=data.x[: cfg.n],
+                     title=f"{metrics['modes']}/{metrics['n_modes']} modes, hq {metrics['hq']:.3f}")
+    table = Table(title=f"gancli eval, step {state['step']}", caption=str(path))
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in metrics.items():
+        if key not in ("protocol", "checkpoint"):
+            table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    table_console().print(table)
+    log.info("wrote %s", out / "metrics.json")
+    return metrics

@@ -1,0 +1,56 @@
+"""`gancli eval` and evaluation during training, tiny on the CPU."""
+
+import json
+
+import pytest
+
+from conftest import is_png, read_json, run_gancli
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("GANCLI_CACHE", str(tmp_path / "cache"))  # the subprocesses inherit it
+    return tmp_path / "cache"
+
+
+def test_eval_of_an_image_run(tiny_run, tmp_path, cache):
+    out = tmp_path / "eval"
+    proc = run_gancli("eval", f"ckpt={tiny_run}", "n=300", f"out={out}", cwd=tmp_path)
+    metrics = read_json(out / "metrics.json")
+    assert metrics["step"] == 6 and metrics["n_classes"] == 10
+    assert 1 <= metrics["classes_covered"] <= 10 and metrics["class_kl"] >= 0
+    assert metrics["fd"] > metrics["fd_real_floor"] > 0  # 6 steps of training are far from real
+    assert metrics["classifier_accuracy"] > 0.9
+    protocol = metrics["protocol"]
+    assert protocol["n_generated"] == 300 and protocol["n_real"] == 300 and protocol["data"] == "digits"
+    assert len(protocol["extractor_hash"]) == 16 and protocol["data_split"] == "train"
+    assert "training the reference classifier" in proc.stdout
+    cached = list(cache.glob("classifier-*.pt"))
+    assert len(cached) == 1
+    # a second evaluation reuses the cached classifier and gives the same numbers
+    proc = run_gancli("eval", f"ckpt={tiny_run}", "n=300", f"out={tmp_path / 'again'}", cwd=tmp_path)
+    assert "training the reference classifier" not in proc.stdout
+    again = read_json(tmp_path / "again" / "metrics.json")
+    assert again["fd"] == pytest.approx(metrics["fd"]) and again["protocol"] == protocol
+
+
+def test_training_evaluates_a_mixture(tmp_path, cache):
+    run = tmp_path / "run"
+    run_gancli("train", "experiment=ring", "train.steps=40", "train.log_every=20", "train.sample_every=0",
+               "eval.every=20", "eval.n=500", "device=cpu", f"hydra.run.dir={run}", cwd=tmp_path)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [20, 40]
+    for row in rows:
+        assert row["n_modes"] == 8 and 0 <= row["modes"] <= 8 and 0 <= row["hq"] <= 1
+        assert row["protocol"]["n_generated"] == 500
+    assert read_json(run / "summary.json")["metrics"] == rows[-1]
+    run_gancli("eval", f"ckpt={run}", "n=400", cwd=tmp_path)
+    assert read_json(run / "metrics.json")["protocol"]["n_generated"] == 400
+    assert is_png(run / "eval_scatter.png")
+
+
+def test_eval_needs_labels_or_centres(tmp_path, cache):
+    proc = run_gancli("train", "data=fake", "eval.every=5", "device=cpu", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "eval.every" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run_gancli("eval", f"ckpt={tmp_path / 'none.pt'}", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "none.pt" in proc.stderr

@@ -1,0 +1,53 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from gancli.config import DataConfig, DataName
+from gancli.data import load_data
+from gancli.metrics import class_metrics, frechet_distance, mixture_metrics
+
+
+@pytest.mark.parametrize("name,k,std", [(DataName.ring, 8, 0.01), (DataName.grid, 25, 0.05)])
+def test_true_mixture_covers_every_mode(name, k, std):
+    data = load_data(DataConfig(name=name, n=50_000, std=std), seed=3)
+    m = mixture_metrics(data.x, data.centres, std)
+    assert m["modes"] == k == m["n_modes"]
+    assert m["hq"] == pytest.approx(1 - math.exp(-4.5), abs=0.003)  # P(chi2_2 <= 9) = 0.9889
+    assert m["reverse_kl"] == pytest.approx(0.0, abs=0.002)
+
+
+@pytest.mark.parametrize("k,std", [(8, 0.01), (25, 0.05)])
+def test_a_sampler_stuck_on_one_centre(k, std):
+    centres = torch.randn(k, 2) * 10
+    samples = centres[2] + std * torch.randn(2500, 2)
+    m = mixture_metrics(samples, centres, std)
+    assert m["modes"] == 1
+    assert m["reverse_kl"] == pytest.approx(math.log(k), abs=1e-9)
+
+
+def test_samples_far_from_every_centre_are_low_quality():
+    centres = torch.tensor([[0.0, 0.0], [10.0, 0.0]])
+    samples = torch.tensor([[5.0, 5.0]] * 10)
+    m = mixture_metrics(samples, centres, 0.1)
+    assert m["hq"] == 0.0 and m["modes"] == 0
+
+
+def test_frechet_distance():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(2000, 8))
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+    shifted = a + 3.0  # same covariance, mean moved by 3 in each of 8 dimensions
+    assert frechet_distance(a, shifted) == pytest.approx(9.0 * 8, rel=1e-6)
+    b = rng.normal(size=(2000, 8)) * 2.0  # variance 4: per dimension 1 + 4 - 2*2 = 1
+    assert frechet_distance(a, b) == pytest.approx(8.0, rel=0.1)
+
+
+def test_one_predicted_class():
+    real = torch.arange(10).repeat(100)
+    m = class_metrics(torch.full((500,), 4), real, 10)
+    assert m["classes_covered"] == 1
+    assert m["class_kl"] == pytest.approx(math.log(10))
+    m = class_metrics(real.clone(), real, 10)
+    assert m["classes_covered"] == 10 and m["class_kl"] == pytest.approx(0.0)
