@@ -27,6 +27,7 @@ class DataName(Enum):
     ring = "ring"
     grid = "grid"
     fake = "fake"  # random uint8 images of the configured shape, for benchmarks
+    stacked_mnist = "stacked_mnist"  # three independent MNIST digits as RGB channels: 1,000 modes
 
 
 class Split(Enum):
@@ -144,7 +145,7 @@ class DataConfig:
     image_size: int = 28  # images are resized to image_size x image_size
     channels: int = 1  # 1 (grey) or 3 (RGB); fixed by the data set except for `folder`
     path: Optional[str] = None  # `folder`: the folder of images
-    n: int = 20000  # `ring`/`grid`: points drawn from the mixture
+    n: int = 20000  # `ring`/`grid`: points drawn; `stacked_mnist`, `fake`: images made
     std: float = 0.01  # `ring`/`grid`: standard deviation of each Gaussian
     radius: float = 1.0  # `ring`: radius of the circle of centres
 
@@ -322,7 +323,7 @@ class EvalApp:
         _require(self.n >= 2, "n", self.n, "a whole number >= 2")
 
 
-LABELLED = {DataName.digits, DataName.mnist, DataName.fashion_mnist, DataName.cifar10}
+LABELLED = {DataName.digits, DataName.mnist, DataName.fashion_mnist, DataName.cifar10, DataName.stacked_mnist}
 MIXTURES = {DataName.ring, DataName.grid}
 
 

@@ -56,7 +56,8 @@ def to_model(x: torch.Tensor) -> torch.Tensor:
 
 def load_data(cfg: DataConfig, seed: int) -> Data:
     """Load (or, for mixtures, draw) the whole data set named by the config."""
-    expected_channels = {DataName.digits: 1, DataName.mnist: 1, DataName.fashion_mnist: 1, DataName.cifar10: 3}
+    expected_channels = {DataName.digits: 1, DataName.mnist: 1, DataName.fashion_mnist: 1, DataName.cifar10: 3,
+                         DataName.stacked_mnist: 3}
     if cfg.name in expected_channels and cfg.channels != expected_channels[cfg.name]:
         raise GancliError(f"data={cfg.name.value} has {expected_channels[cfg.name]} channel(s); remove data.channels={cfg.channels}")
     loaders = {
@@ -65,6 +66,7 @@ def load_data(cfg: DataConfig, seed: int) -> Data:
         DataName.fashion_mnist: _mnist,
         DataName.cifar10: _cifar10,
         DataName.folder: _folder,
+        DataName.stacked_mnist: lambda c: _stacked_mnist(c, seed),
     }
     if cfg.name is DataName.ring:
         angles = torch.arange(8) * (2 * math.pi / 8)
@@ -110,7 +112,11 @@ def _digits(cfg: DataConfig) -> tuple[torch.Tensor, torch.Tensor]:
 # ---- MNIST and Fashion-MNIST: IDX files, gzipped or not ----
 
 _MNIST_FILES = {Split.train: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"), Split.test: ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
-_MNIST_FOLDERS = {DataName.mnist: ("MNIST", "mnist"), DataName.fashion_mnist: ("FashionMNIST", "fashion_mnist", "fashion-mnist")}
+_MNIST_FOLDERS = {
+    DataName.mnist: ("MNIST", "mnist"),
+    DataName.stacked_mnist: ("MNIST", "mnist"),
+    DataName.fashion_mnist: ("FashionMNIST", "fashion_mnist", "fashion-mnist"),
+}
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -154,11 +160,23 @@ def _mnist(cfg: DataConfig) -> tuple[torch.Tensor, torch.Tensor]:
     return images, labels
 
 
+def _stacked_mnist(cfg: DataConfig, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """data.n images whose R, G and B channels are three MNIST digits drawn independently;
+    the label 100 * r + 10 * g + b names one of 1,000 modes."""
+    digits, labels = _mnist(cfg)  # (N, 1, 28, 28), (N,)
+    gen = torch.Generator().manual_seed(seed)
+    idx = torch.randint(len(digits), (cfg.n, 3), generator=gen)
+    images = digits[idx, 0]  # (n, 3, 28, 28)
+    modes = labels[idx[:, 0]] * 100 + labels[idx[:, 1]] * 10 + labels[idx[:, 2]]
+    return images, modes
+
+
 def _download(cfg: DataConfig) -> None:
     """Let torchvision fetch the data set into data.root; offline, this quietly does nothing."""
     from torchvision import datasets
 
-    cls = {DataName.mnist: datasets.MNIST, DataName.fashion_mnist: datasets.FashionMNIST, DataName.cifar10: datasets.CIFAR10}[cfg.name]
+    cls = {DataName.mnist: datasets.MNIST, DataName.stacked_mnist: datasets.MNIST,
+           DataName.fashion_mnist: datasets.FashionMNIST, DataName.cifar10: datasets.CIFAR10}[cfg.name]
     try:
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             cls(root=str(Path(cfg.root).expanduser()), train=cfg.split is Split.train, download=True)

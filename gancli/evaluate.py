@@ -14,12 +14,12 @@ from rich.table import Table
 from gancli import checkpoint, runtime
 from gancli.classifier import FEATURES, VERSION, reference_classifier
 from gancli.console import table_console
-from gancli.config import DataConfig, EvalApp, to_typed, train_config_from_plain
+from gancli.config import DataConfig, DataName, EvalApp, to_typed, train_config_from_plain
 from gancli.data import Data, load_data, to_model
 from gancli.errors import GancliError, user_errors
 from gancli.files import write_json
 from gancli.images import save_scatter
-from gancli.metrics import class_metrics, frechet_distance, mixture_metrics
+from gancli.metrics import class_metrics, frechet_distance, mixture_metrics, stacked_metrics
 from gancli.sample import load_generator
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,20 @@ def evaluate(G: torch.nn.Module, data: Data, data_cfg: DataConfig, n: int, devic
             raise GancliError(f"data={data_cfg.name.value} has no mixture centres to measure modes against")
         metrics: dict[str, Any] = mixture_metrics(fake, data.centres, data_cfg.std)
         protocol = {"n_generated": n, "n_real": 0, "feature_extractor": "none (nearest mixture centre)"}
+    elif data_cfg.name is DataName.stacked_mnist:
+        # one digit classifier, trained on the real images' channels, labels each generated channel
+        channel_digits = torch.stack([data.labels // 100, data.labels // 10 % 10, data.labels % 10], 1)  # (N, 3)
+        channels = Data(x=data.x.reshape(-1, 1, *data.shape[1:]), labels=channel_digits.reshape(-1))
+        ref = reference_classifier(channels, Path(cache_dir), device)
+        _, predicted = ref.embed(fake.reshape(-1, 1, *fake.shape[2:]), device)
+        metrics = {**stacked_metrics(predicted.reshape(-1, 3)), "classifier_accuracy": ref.accuracy}
+        protocol = {
+            "n_generated": n,
+            "n_real": len(channels.x),
+            "feature_extractor": f"gancli reference classifier v{VERSION} on single channels",
+            "extractor_hash": ref.weights_hash[:16],
+            "data_hash": ref.data_hash[:16],
+        }
     elif data.labels is None:
         raise GancliError(f"data={data_cfg.name.value} has no labels: the classifier metrics need a labelled data set")
     else:

@@ -55,3 +55,16 @@ def class_metrics(predicted: torch.Tensor, real_labels: torch.Tensor, n_classes:
     nonzero = p > 0
     kl = (p[nonzero] * torch.log(p[nonzero] / q[nonzero])).sum()
     return {"classes_covered": int(nonzero.sum()), "n_classes": n_classes, "class_kl": float(kl) if math.isfinite(kl) else math.inf}
+
+
+def stacked_metrics(channel_digits: torch.Tensor) -> dict[str, float]:
+    """Stacked MNIST: channel_digits (N, 3) are the digits predicted for each channel.
+    modes: distinct (r, g, b) triples of 1,000; kl: KL(mode histogram || uniform), natural log."""
+    modes = channel_digits[:, 0] * 100 + channel_digits[:, 1] * 10 + channel_digits[:, 2]
+    p = torch.bincount(modes, minlength=1000).double() / len(modes)
+    nonzero = p > 0
+    return {
+        "modes": int(nonzero.sum()),
+        "n_modes": 1000,
+        "kl": float((p[nonzero] * torch.log(p[nonzero] * 1000)).sum()),
+    }

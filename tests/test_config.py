@@ -41,7 +41,7 @@ def test_top_level_keys_are_frozen():
     "group,names",
     [
         ("model", ["dcgan", "mlp", "seed"]),
-        ("data", ["cifar10", "digits", "fake", "fashion_mnist", "folder", "grid", "mnist", "ring"]),
+        ("data", ["cifar10", "digits", "fake", "fashion_mnist", "folder", "grid", "mnist", "ring", "stacked_mnist"]),
         ("optimizer", ["adam", "rmsprop", "sgd"]),
         ("loss", ["minimax", "ns"]),
         ("device", ["auto", "cpu", "cuda", "mps"]),

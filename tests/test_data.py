@@ -121,3 +121,19 @@ def test_batch_larger_than_data():
 
     with pytest.raises(GancliError, match="train.batch_size"):
         Batches(Data(x=torch.zeros(4, 2)), batch_size=8, seed=0, device=torch.device("cpu"))
+
+
+def test_stacked_mnist_from_local_files(tmp_path):
+    images = np.random.default_rng(1).integers(0, 256, size=(30, 28, 28))
+    labels = np.arange(30) % 10
+    _write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", images, compress=True)
+    _write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", labels, compress=True)
+    cfg = DataConfig(name=DataName.stacked_mnist, root=str(tmp_path), split=Split.test, channels=3, n=50)
+    data = load_data(cfg, seed=0)
+    assert data.x.shape == (50, 3, 28, 28) and data.labels.shape == (50,)
+    base = torch.from_numpy(images.astype(np.uint8))
+    for image, mode in zip(data.x[:5], data.labels[:5].tolist()):
+        digits = (mode // 100, mode // 10 % 10, mode % 10)
+        for channel, digit in enumerate(digits):
+            source = [i for i in range(30) if torch.equal(base[i], image[channel])]
+            assert source and labels[source[0]] == digit  # each channel is a real digit with its label

@@ -54,3 +54,25 @@ def test_eval_needs_labels_or_centres(tmp_path, cache):
     assert proc.returncode == 2 and "eval.every" in proc.stderr and "Traceback" not in proc.stderr
     proc = run_gancli("eval", f"ckpt={tmp_path / 'none.pt'}", cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "none.pt" in proc.stderr
+
+
+def test_stacked_mnist_eval(tmp_path, cache):
+    import gzip
+    import struct
+
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for name, array in (("t10k-images-idx3-ubyte", rng.integers(0, 256, size=(100, 28, 28))),
+                        ("t10k-labels-idx1-ubyte", np.arange(100) % 10)):
+        header = struct.pack(">BBBB", 0, 0, 8, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+        (tmp_path / f"{name}.gz").write_bytes(gzip.compress(header + array.astype(np.uint8).tobytes()))
+    run = tmp_path / "run"
+    run_gancli("train", "data=stacked_mnist", f"data.root={tmp_path}", "data.split=test", "data.n=200",
+               "model.g_width=8", "model.d_width=8", "train.steps=2", "train.batch_size=16", "device=cpu",
+               f"hydra.run.dir={run}", cwd=tmp_path)
+    run_gancli("eval", f"ckpt={run}", "n=100", cwd=tmp_path)
+    metrics = read_json(run / "metrics.json")
+    assert metrics["n_modes"] == 1000 and 1 <= metrics["modes"] <= 100
+    assert 0 <= metrics["kl"] <= np.log(1000) + 1e-9
+    assert metrics["protocol"]["n_real"] == 600 and "single channels" in metrics["protocol"]["feature_extractor"]

@@ -6,7 +6,7 @@ import torch
 
 from gancli.config import DataConfig, DataName
 from gancli.data import load_data
-from gancli.metrics import class_metrics, frechet_distance, mixture_metrics
+from gancli.metrics import class_metrics, frechet_distance, mixture_metrics, stacked_metrics
 
 
 @pytest.mark.parametrize("name,k,std", [(DataName.ring, 8, 0.01), (DataName.grid, 25, 0.05)])
@@ -51,3 +51,11 @@ def test_one_predicted_class():
     assert m["class_kl"] == pytest.approx(math.log(10))
     m = class_metrics(real.clone(), real, 10)
     assert m["classes_covered"] == 10 and m["class_kl"] == pytest.approx(0.0)
+
+
+def test_stacked_mnist_modes():
+    every = torch.stack(torch.meshgrid(torch.arange(10), torch.arange(10), torch.arange(10), indexing="ij"), -1)
+    m = stacked_metrics(every.reshape(-1, 3).repeat(3, 1))
+    assert m["modes"] == 1000 == m["n_modes"] and m["kl"] == pytest.approx(0.0, abs=1e-12)
+    m = stacked_metrics(torch.tensor([[1, 2, 3]] * 50))
+    assert m["modes"] == 1 and m["kl"] == pytest.approx(math.log(1000))
