@@ -243,6 +243,7 @@ class EvalConfig:
     every: int = 0  # steps between evaluations into metrics.jsonl; 0 = off
     n: int = 2500  # generated samples per evaluation
     cache_dir: str = "~/.cache/gancli"  # where reference classifiers are kept
+    inception_weights: Optional[str] = None  # torch-fidelity's InceptionV3 weights file, for FID/KID
 
     def __post_init__(self) -> None:
         _require(self.every >= 0, "eval.every", self.every, "a whole number >= 0 (0 turns it off)")
@@ -317,6 +318,7 @@ class EvalApp:
     out: Optional[str] = None  # default: the run folder
     seed: int = 0
     cache_dir: str = "~/.cache/gancli"  # where reference classifiers are kept
+    inception_weights: Optional[str] = None  # torch-fidelity's InceptionV3 weights file, for FID/KID
     device: DeviceConfig = field(default_factory=DeviceConfig)
 
     def __post_init__(self) -> None:

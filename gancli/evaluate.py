@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import hydra
 import torch
@@ -19,6 +19,7 @@ from gancli.data import Data, load_data, to_model
 from gancli.errors import GancliError, user_errors
 from gancli.files import write_json
 from gancli.images import save_scatter
+from gancli.inception import find_weights, inception_metrics
 from gancli.metrics import class_metrics, frechet_distance, mixture_metrics, stacked_metrics
 from gancli.sample import load_generator
 
@@ -35,6 +36,7 @@ def main(cfg: DictConfig) -> None:
 
 def check(cfg: EvalApp) -> None:
     runtime.resolve_device(cfg.device)
+    find_weights(cfg.inception_weights)
 
 
 @torch.no_grad()
@@ -50,7 +52,7 @@ def generate(G: torch.nn.Module, n: int, device: torch.device, seed: int, batch_
 
 
 def evaluate(G: torch.nn.Module, data: Data, data_cfg: DataConfig, n: int, device: torch.device, seed: int,
-             cache_dir: str) -> dict[str, Any]:
+             cache_dir: str, inception_weights: Optional[str] = None) -> dict[str, Any]:
     """The metrics for this kind of data, each with the protocol it was measured under."""
     fake = generate(G, n, device, seed)
     if not data.is_image:
@@ -87,7 +89,10 @@ def evaluate(G: torch.nn.Module, data: Data, data_cfg: DataConfig, n: int, devic
             "fd_real_floor": frechet_distance(real_feats[:m].numpy(), held_feats[:m].numpy()),
             "classifier_accuracy": ref.accuracy,
             **class_metrics(fake_pred, data.labels[ref.train_idx], ref.n_classes),
+            **inception_metrics(train_real, fake, inception_weights, device),
         }
+        if "inception_note" in metrics:
+            log.info(metrics["inception_note"])
         protocol = {
             "n_generated": n,
             "n_real": len(real_feats),
@@ -108,7 +113,7 @@ def run_eval(cfg: EvalApp) -> dict[str, Any]:
     state = checkpoint.load(path)
     train_cfg = train_config_from_plain(state["config"])
     data = load_data(train_cfg.data, train_cfg.seed)
-    metrics = evaluate(G, data, train_cfg.data, cfg.n, device, cfg.seed, cfg.cache_dir)
+    metrics = evaluate(G, data, train_cfg.data, cfg.n, device, cfg.seed, cfg.cache_dir, cfg.inception_weights)
     metrics["step"] = state["step"]
     metrics["checkpoint"] = str(path)
     out = Path(cfg.out) if cfg.out else checkpoint.run_dir_of(path)
@@ -120,7 +125,7 @@ def run_eval(cfg: EvalApp) -> dict[str, Any]:
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key, value in metrics.items():
-        if key not in ("protocol", "checkpoint"):
+        if key not in ("protocol", "checkpoint", "inception_protocol"):
             table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
     table_console().print(table)
     log.info("wrote %s", out / "metrics.json")

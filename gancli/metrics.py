@@ -68,3 +68,20 @@ def stacked_metrics(channel_digits: torch.Tensor) -> dict[str, float]:
         "n_modes": 1000,
         "kl": float((p[nonzero] * torch.log(p[nonzero] * 1000)).sum()),
     }
+
+
+def kernel_inception_distance(a: np.ndarray, b: np.ndarray, subsets: int = 100, subset_size: int = 1000,
+                              seed: int = 0) -> tuple[float, float]:
+    """KID: the unbiased squared MMD between feature sets a (N, F) and b (M, F) under the kernel
+    k(x, y) = (x.y / F + 1)^3, as mean and standard deviation over random subsets."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    m, d = min(subset_size, len(a), len(b)), a.shape[1]
+    values = []
+    for _ in range(subsets):
+        x = a[rng.choice(len(a), m, replace=False)]
+        y = b[rng.choice(len(b), m, replace=False)]
+        kxx, kyy, kxy = (x @ x.T / d + 1) ** 3, (y @ y.T / d + 1) ** 3, (x @ y.T / d + 1) ** 3
+        within = (kxx.sum() - np.trace(kxx) + kyy.sum() - np.trace(kyy)) / (m * (m - 1))
+        values.append(within - 2 * kxy.mean())
+    return float(np.mean(values)), float(np.std(values))

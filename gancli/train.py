@@ -23,6 +23,7 @@ from gancli.config import LABELLED, MIXTURES, TrainApp, to_plain, to_typed
 from gancli.data import data_shape, load_data
 from gancli.errors import GancliError, user_errors
 from gancli.evaluate import evaluate
+from gancli.inception import find_weights
 from gancli.files import write_json, write_text
 from gancli.images import save_grid, save_scatter
 from gancli.models import build_models
@@ -57,6 +58,7 @@ def check(cfg: TrainApp) -> torch.device:
             f"eval.every needs a labelled data set ({', '.join(sorted(d.value for d in LABELLED))}) or ring/grid, "
             f"not data={cfg.data.name.value}; set eval.every=0"
         )
+    find_weights(cfg.eval.inception_weights)
     return device
 
 
@@ -188,7 +190,8 @@ def train(cfg: TrainApp, run_dir: Path) -> dict[str, Any]:
                 checkpoint.save(state_at(step), ckpt_dir / f"step_{step:06d}.pt")
                 checkpoint.save(state_at(step), ckpt_dir / "last.pt")
             if cfg.eval.every and step % cfg.eval.every == 0:
-                metrics = {"step": step, **evaluate(G, data, cfg.data, cfg.eval.n, device, cfg.seed, cfg.eval.cache_dir)}
+                metrics = {"step": step, **evaluate(G, data, cfg.data, cfg.eval.n, device, cfg.seed,
+                                                   cfg.eval.cache_dir, cfg.eval.inception_weights)}
                 metrics_log.write(metrics)
                 log.info("step %d metrics: %s", step, ", ".join(
                     f"{k} {v:.4g}" for k, v in metrics.items() if isinstance(v, (int, float)) and k != "step"))

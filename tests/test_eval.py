@@ -9,12 +9,26 @@ from conftest import is_png, read_json, run_gancli
 
 @pytest.fixture
 def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("GANCLI_CACHE", str(tmp_path / "cache"))  # the subprocesses inherit it
+    """An empty classifier cache for this test (the subprocesses inherit the variable)."""
+    monkeypatch.setenv("GANCLI_CACHE", str(tmp_path / "cache"))
     return tmp_path / "cache"
 
 
-def test_eval_of_an_image_run(tiny_run, tmp_path, cache):
+@pytest.fixture(scope="session")
+def shared_cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("classifier-cache")
+
+
+@pytest.fixture
+def shared_cache(shared_cache_dir, monkeypatch):
+    """A classifier cache shared by the tests that do not care who trained it."""
+    monkeypatch.setenv("GANCLI_CACHE", str(shared_cache_dir))
+    return shared_cache_dir
+
+
+def test_eval_of_an_image_run(tiny_run, tmp_path, shared_cache):
     out = tmp_path / "eval"
+    fresh = not any(shared_cache.glob("classifier-*.pt"))
     proc = run_gancli("eval", f"ckpt={tiny_run}", "n=300", f"out={out}", cwd=tmp_path)
     metrics = read_json(out / "metrics.json")
     assert metrics["step"] == 6 and metrics["n_classes"] == 10
@@ -24,8 +38,9 @@ def test_eval_of_an_image_run(tiny_run, tmp_path, cache):
     protocol = metrics["protocol"]
     assert protocol["n_generated"] == 300 and protocol["n_real"] == 300 and protocol["data"] == "digits"
     assert len(protocol["extractor_hash"]) == 16 and protocol["data_split"] == "train"
-    assert "training the reference classifier" in proc.stdout
-    cached = list(cache.glob("classifier-*.pt"))
+    assert ("training the reference classifier" in proc.stdout) == fresh
+    assert "eval.inception_weights" in metrics["inception_note"]  # no weights here: a note, the rest still runs
+    cached = list(shared_cache.glob("classifier-*.pt"))
     assert len(cached) == 1
     # a second evaluation reuses the cached classifier and gives the same numbers
     proc = run_gancli("eval", f"ckpt={tiny_run}", "n=300", f"out={tmp_path / 'again'}", cwd=tmp_path)
@@ -34,7 +49,7 @@ def test_eval_of_an_image_run(tiny_run, tmp_path, cache):
     assert again["fd"] == pytest.approx(metrics["fd"]) and again["protocol"] == protocol
 
 
-def test_training_evaluates_a_mixture(tmp_path, cache):
+def test_training_evaluates_a_mixture(tmp_path, shared_cache):
     run = tmp_path / "run"
     run_gancli("train", "experiment=ring", "train.steps=40", "train.log_every=20", "train.sample_every=0",
                "eval.every=20", "eval.n=500", "device=cpu", f"hydra.run.dir={run}", cwd=tmp_path)
@@ -49,7 +64,7 @@ def test_training_evaluates_a_mixture(tmp_path, cache):
     assert is_png(run / "eval_scatter.png")
 
 
-def test_eval_needs_labels_or_centres(tmp_path, cache):
+def test_eval_needs_labels_or_centres(tmp_path, shared_cache):
     proc = run_gancli("train", "data=fake", "eval.every=5", "device=cpu", cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "eval.every" in proc.stderr and "Traceback" not in proc.stderr
     proc = run_gancli("eval", f"ckpt={tmp_path / 'none.pt'}", cwd=tmp_path, check=False)
@@ -76,3 +91,27 @@ def test_stacked_mnist_eval(tmp_path, cache):
     assert metrics["n_modes"] == 1000 and 1 <= metrics["modes"] <= 100
     assert 0 <= metrics["kl"] <= np.log(1000) + 1e-9
     assert metrics["protocol"]["n_real"] == 600 and "single channels" in metrics["protocol"]["feature_extractor"]
+
+
+def test_inception_fid_and_kid_with_weights_on_disk(tiny_run, tmp_path, shared_cache, monkeypatch):
+    from torch_fidelity import feature_extractor_inceptionv3 as fidelity
+
+    # A weights file with torch-fidelity's layout and random values: the real code path runs,
+    # the numbers mean nothing (the published weights cannot be fetched here).
+    with monkeypatch.context() as patch:
+        patch.setattr(fidelity, "load_state_dict_from_url", lambda *a, **k: None)
+        patch.setattr(fidelity.FeatureExtractorInceptionV3, "load_state_dict", lambda self, state: None)
+        import torch
+
+        torch.manual_seed(0)
+        weights = tmp_path / "weights-inception-2015-12-05-6726825d.pth"
+        torch.save(fidelity.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"]).state_dict(), weights)
+    out = tmp_path / "eval"
+    run_gancli("eval", f"ckpt={tiny_run}", "n=16", f"out={out}", f"inception_weights={weights}", cwd=tmp_path)
+    metrics = read_json(out / "metrics.json")
+    assert metrics["inception_fid"] >= 0 and "inception_note" not in metrics
+    assert metrics["inception_kid_std"] >= 0 and isinstance(metrics["inception_kid"], float)
+    assert metrics["inception_protocol"]["n_real"] == metrics["inception_protocol"]["n_generated"] == 16
+    proc = run_gancli("eval", f"ckpt={tiny_run}", f"inception_weights={tmp_path / 'absent.pth'}", cwd=tmp_path,
+                      check=False)
+    assert proc.returncode == 2 and "absent.pth" in proc.stderr and "Traceback" not in proc.stderr

@@ -6,7 +6,7 @@ import torch
 
 from gancli.config import DataConfig, DataName
 from gancli.data import load_data
-from gancli.metrics import class_metrics, frechet_distance, mixture_metrics, stacked_metrics
+from gancli.metrics import class_metrics, frechet_distance, kernel_inception_distance, mixture_metrics, stacked_metrics
 
 
 @pytest.mark.parametrize("name,k,std", [(DataName.ring, 8, 0.01), (DataName.grid, 25, 0.05)])
@@ -59,3 +59,12 @@ def test_stacked_mnist_modes():
     assert m["modes"] == 1000 == m["n_modes"] and m["kl"] == pytest.approx(0.0, abs=1e-12)
     m = stacked_metrics(torch.tensor([[1, 2, 3]] * 50))
     assert m["modes"] == 1 and m["kl"] == pytest.approx(math.log(1000))
+
+
+def test_kernel_inception_distance():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(400, 16)), rng.normal(size=(400, 16))
+    same, spread = kernel_inception_distance(a, b, subsets=20, subset_size=200)
+    assert abs(same) < 0.02 and spread >= 0  # unbiased: about 0 for one distribution
+    shifted, _ = kernel_inception_distance(a, b + 1.0, subsets=20, subset_size=200)
+    assert shifted > 0.5
