@@ -32,7 +32,7 @@ def test_eval_of_an_image_run(tiny_run, tmp_path, shared_cache):
     proc = run_gancli("eval", f"ckpt={tiny_run}", "n=300", f"out={out}", cwd=tmp_path)
     metrics = read_json(out / "metrics.json")
     assert metrics["step"] == 6 and metrics["n_classes"] == 10
-    assert 1 <= metrics["classes_covered"] <= 10 and metrics["class_kl"] >= 0
+    assert metrics["classes_covered"] in range(1, 11) and metrics["class_kl"] >= 0
     assert metrics["fd"] > metrics["fd_real_floor"] > 0  # 6 steps of training are far from real
     assert metrics["classifier_accuracy"] > 0.9
     protocol = metrics["protocol"]
