@@ -21,7 +21,7 @@ from gancli.files import write_json
 from gancli.images import save_scatter
 from gancli.inception import find_weights, inception_metrics
 from gancli.metrics import class_metrics, frechet_distance, mixture_metrics, stacked_metrics
-from gancli.sample import load_generator
+from gancli.sample import generate_batches, load_generator
 
 log = logging.getLogger(__name__)
 
@@ -39,22 +39,21 @@ def check(cfg: EvalApp) -> None:
     find_weights(cfg.inception_weights)
 
 
-@torch.no_grad()
 def generate(G: torch.nn.Module, n: int, device: torch.device, seed: int, batch_size: int = 500) -> torch.Tensor:
     """n samples from G in eval mode (float32, on the CPU), from noise of their own generator."""
-    gen = torch.Generator().manual_seed(seed)
     was_training = G.training
     G.eval()
-    out = [G(torch.randn(min(batch_size, n - i), G.z_dim, generator=gen).to(device)).float().cpu()
-           for i in range(0, n, batch_size)]
+    gen = torch.Generator().manual_seed(seed)
+    fake = torch.cat([x for _, x in generate_batches(G, n, device, gen, batch_size)])
     G.train(was_training)
-    return torch.cat(out)
+    return fake
 
 
-def evaluate(G: torch.nn.Module, data: Data, data_cfg: DataConfig, n: int, device: torch.device, seed: int,
+def evaluate(fake: torch.Tensor, data: Data, data_cfg: DataConfig, device: torch.device, seed: int,
              cache_dir: str, inception_weights: Optional[str] = None) -> dict[str, Any]:
-    """The metrics for this kind of data, each with the protocol it was measured under."""
-    fake = generate(G, n, device, seed)
+    """The metrics of generated samples `fake` (from `generate`) for this kind of data, each
+    with the protocol it was measured under."""
+    n = len(fake)
     if not data.is_image:
         if data.centres is None:
             raise GancliError(f"data={data_cfg.name.value} has no mixture centres to measure modes against")
@@ -109,17 +108,17 @@ def evaluate(G: torch.nn.Module, data: Data, data_cfg: DataConfig, n: int, devic
 
 def run_eval(cfg: EvalApp) -> dict[str, Any]:
     device = runtime.resolve_device(cfg.device)
-    G, shape, path = load_generator(cfg.ckpt, device)
-    state = checkpoint.load(path)
+    G, state, path = load_generator(cfg.ckpt, device)
     train_cfg = train_config_from_plain(state["config"])
     data = load_data(train_cfg.data, train_cfg.seed)
-    metrics = evaluate(G, data, train_cfg.data, cfg.n, device, cfg.seed, cfg.cache_dir, cfg.inception_weights)
+    fake = generate(G, cfg.n, device, cfg.seed)
+    metrics = evaluate(fake, data, train_cfg.data, device, cfg.seed, cfg.cache_dir, cfg.inception_weights)
     metrics["step"] = state["step"]
     metrics["checkpoint"] = str(path)
     out = Path(cfg.out) if cfg.out else checkpoint.run_dir_of(path)
     write_json(out / "metrics.json", metrics)
     if not data.is_image:
-        save_scatter(generate(G, cfg.n, device, cfg.seed), out / "eval_scatter.png", real=data.x[: cfg.n],
+        save_scatter(fake, out / "eval_scatter.png", real=data.x[: cfg.n],
                      title=f"{metrics['modes']}/{metrics['n_modes']} modes, hq {metrics['hq']:.3f}")
     table = Table(title=f"gancli eval, step {state['step']}", caption=str(path))
     table.add_column("metric")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Iterator
 
 import hydra
 import torch
@@ -33,8 +34,9 @@ def check(cfg: SampleApp) -> None:
     runtime.resolve_device(cfg.device)
 
 
-def load_generator(ckpt: str | Path, device: torch.device) -> tuple[torch.nn.Module, tuple, Path]:
-    """G rebuilt from the checkpoint's own config by registry name, in eval mode on `device`."""
+def load_generator(ckpt: str | Path, device: torch.device) -> tuple[torch.nn.Module, dict, Path]:
+    """(G rebuilt from the checkpoint's own config by registry name, in eval mode on `device`;
+    the checkpoint's contents; its path)."""
     path = checkpoint.find(ckpt)
     state = checkpoint.load(path)
     train_cfg = train_config_from_plain(state["config"])
@@ -44,27 +46,34 @@ def load_generator(ckpt: str | Path, device: torch.device) -> tuple[torch.nn.Mod
         G.load_state_dict(state["G"])
     except RuntimeError:
         raise GancliError(f"{path}: the generator weights do not match the model config stored with them") from None
-    return G.to(device).eval(), shape, path
+    return G.to(device).eval(), state, path
+
+
+@torch.no_grad()
+def generate_batches(G: torch.nn.Module, n: int, device: torch.device, gen: torch.Generator,
+                     batch_size: int) -> Iterator[tuple[int, torch.Tensor]]:
+    """(index of the first sample, float32 samples on the CPU) for n samples of G, batch by batch,
+    from CPU noise drawn with `gen`: the same samples on every device."""
+    for start in range(0, n, batch_size):
+        z = torch.randn(min(batch_size, n - start), G.z_dim, generator=gen).to(device)
+        yield start, G(z).float().cpu()  # (b, C, H, W) or (b, 2)
 
 
 def sample(cfg: SampleApp) -> Path:
     """Write n samples, grid.png and optionally interpolation.png; returns the output folder."""
     device = runtime.resolve_device(cfg.device)
-    G, shape, path = load_generator(cfg.ckpt, device)
+    G, state, path = load_generator(cfg.ckpt, device)
     out = Path(cfg.out) if cfg.out else checkpoint.run_dir_of(path) / "generated"
-    is_image = len(shape) == 3
-    gen = torch.Generator().manual_seed(cfg.seed)  # CPU noise: the same samples on every device
+    is_image = len(state["data_shape"]) == 3
+    gen = torch.Generator().manual_seed(cfg.seed)
 
     shown = []
-    with torch.no_grad():
-        for start in range(0, cfg.n, cfg.batch_size):
-            z = torch.randn(min(cfg.batch_size, cfg.n - start), G.z_dim, generator=gen).to(device)
-            x = G(z).float().cpu()  # (b, C, H, W) or (b, 2)
-            if is_image:
-                save_singles(x, out, start)
-                shown.append(x[: max(0, GRID_MAX - start)])
-            else:
-                shown.append(x)
+    for start, x in generate_batches(G, cfg.n, device, gen, cfg.batch_size):
+        if is_image:
+            save_singles(x, out, start)
+            shown.append(x[: max(0, GRID_MAX - start)])
+        else:
+            shown.append(x)
     shown = torch.cat(shown)
     if is_image:
         save_grid(shown, out / "grid.png")
@@ -82,7 +91,7 @@ def sample(cfg: SampleApp) -> Path:
             with torch.no_grad():
                 strip = G(z).float().cpu()
             save_grid(strip, out / "interpolation.png", nrow=INTERP_STEPS)
-    log.info("wrote %d samples from %s (step %s) to %s", cfg.n, path, _step_of(path), out)
+    log.info("wrote %d samples from %s (step %d) to %s", cfg.n, path, state["step"], out)
     return out
 
 
@@ -94,7 +103,3 @@ def _slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     sin = torch.sin(omega)
     return (torch.sin((1 - t) * omega) * a[:, None] + torch.sin(t * omega) * b[:, None]) / sin
 
-
-def _step_of(path: Path) -> str:
-    stem = path.stem
-    return str(int(stem.split("_")[-1])) if stem.startswith("step_") else stem

@@ -22,7 +22,7 @@ from gancli.console import progress_bar
 from gancli.config import LABELLED, MIXTURES, TrainApp, to_plain, to_typed
 from gancli.data import data_shape, load_data
 from gancli.errors import GancliError, user_errors
-from gancli.evaluate import evaluate
+from gancli.evaluate import evaluate, generate
 from gancli.inception import find_weights
 from gancli.files import write_json, write_text
 from gancli.images import save_grid, save_scatter
@@ -187,11 +187,13 @@ def train(cfg: TrainApp, run_dir: Path) -> dict[str, Any]:
             if cfg.train.sample_every and step % cfg.train.sample_every == 0:
                 write_samples(step)
             if cfg.train.ckpt_every and step % cfg.train.ckpt_every == 0:
-                checkpoint.save(state_at(step), ckpt_dir / f"step_{step:06d}.pt")
-                checkpoint.save(state_at(step), ckpt_dir / "last.pt")
+                state = state_at(step)
+                checkpoint.save(state, ckpt_dir / f"step_{step:06d}.pt")
+                checkpoint.save(state, ckpt_dir / "last.pt")
             if cfg.eval.every and step % cfg.eval.every == 0:
-                metrics = {"step": step, **evaluate(G, data, cfg.data, cfg.eval.n, device, cfg.seed,
-                                                   cfg.eval.cache_dir, cfg.eval.inception_weights)}
+                fake = generate(G, cfg.eval.n, device, cfg.seed)
+                metrics = {"step": step, **evaluate(fake, data, cfg.data, device, cfg.seed, cfg.eval.cache_dir,
+                                                   cfg.eval.inception_weights)}
                 metrics_log.write(metrics)
                 log.info("step %d metrics: %s", step, ", ".join(
                     f"{k} {v:.4g}" for k, v in metrics.items() if isinstance(v, (int, float)) and k != "step"))
