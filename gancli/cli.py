@@ -14,13 +14,14 @@ import re
 import sys
 from typing import Optional
 
-from gancli.errors import GancliError
+from gancli.errors import GancliError, user_errors
 
 COMMANDS = {
     "train": ("gancli.train", "train a GAN (gancli train model=seed data=mnist device=cuda)"),
     "sample": ("gancli.sample", "images from a checkpoint (gancli sample ckpt=outputs/<run> n=64)"),
     "eval": ("gancli.evaluate", "quality and mode-collapse metrics of a checkpoint (gancli eval ckpt=outputs/<run>)"),
     "bench": ("gancli.bench", "time accel x precision x batch size (gancli bench train.batch_size=64,256)"),
+    "report": ("gancli.report", "table and plots of finished runs and sweeps (gancli report outputs/multirun/<sweep>)"),
 }
 USAGE = "usage: gancli <command> [key=value ...] [-m] [--cfg job] [--help]\n\ncommands:\n" + "".join(
     f"  {name:<8} {about}\n" for name, (_, about) in COMMANDS.items()
@@ -45,6 +46,10 @@ def main(argv: Optional[list[str]] = None) -> None:
     if command not in COMMANDS:
         _fail(f"unknown command '{command}'; use one of: {', '.join(COMMANDS)} (gancli --help)")
     module = importlib.import_module(COMMANDS[command][0])
+    if command == "report":  # not a Hydra app: plain arguments, nothing to preflight
+        with user_errors():
+            module.main(rest)
+        return
     if command == "bench":  # its matrix keys take comma lists without -m
         rest = module.split_axes(rest)
     rest = [part for arg in rest for part in _device_index(arg)]

@@ -1,0 +1,449 @@
+"""`gancli report <folder> [<folder> ...] [out=DIR]`: one table row per training run, and plots.
+
+Each folder is a run folder, a sweep (multirun) folder, or any folder searched for run folders.
+A run folder holds `.hydra/overrides.yaml`, `summary.json` or `timing.jsonl`; its own subfolders
+are not searched. The table is printed, and report.csv, report.json, loss.png, img_per_s.png and,
+when any run was evaluated, metrics.png are written into `out`: by default the one folder given,
+or the current directory when several are given.
+
+A run without summary.json is "incomplete" (killed, or still running). Files that cannot be read
+are skipped and named in the notes column; a run whose status cannot be read is "broken".
+`SweepReport` is a Hydra callback that reports on a sweep when it ends.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+from rich.markup import escape
+from rich.table import Table
+
+from gancli.console import table_console
+from gancli.errors import GancliError
+from gancli.files import atomic, write_csv, write_json
+
+log = logging.getLogger(__name__)
+
+USAGE = """usage: gancli report <folder> [<folder> ...] [out=DIR]
+
+One row per training run found in the folders (run folders, sweep folders, or folders that hold
+them): overrides that differ between runs, status, steps, wall time, img/s, final losses and the
+latest metrics. Writes report.csv, report.json, loss.png, img_per_s.png and metrics.png into
+out=DIR (default: the one folder given, or the current directory for several).
+"""
+# before the metric columns; `notes` comes last
+COLUMNS = ["run", "overrides", "status", "steps", "target_steps", "wall_s", "img_per_s", "loss_d", "loss_g"]
+_HEADERS = {"steps": "steps", "wall_s": "wall s", "img_per_s": "img/s"}
+_STATUS_STYLE = {"completed": "green", "interrupted": "yellow", "incomplete": "yellow", "failed": "red",
+                 "broken": "bold red"}
+_MAX_LEGEND = 12  # runs; a bigger sweep's plots go without a legend
+
+
+@dataclass
+class Run:
+    """What could be read from one run folder; None where a value could not be read."""
+
+    path: Path
+    overrides: list[str] | None  # command-line overrides, hydra.* left out
+    status: str  # completed | interrupted | failed | incomplete | broken | unknown
+    steps: int | None
+    target_steps: int | None
+    wall_s: float | None
+    img_per_s: float | None
+    loss_d: float | None
+    loss_g: float | None
+    metrics: dict[str, float]  # the latest evaluation, without its step
+    timing: list[dict[str, Any]]  # timing.jsonl rows, for the plots
+    evaluations: list[dict[str, float]]  # numeric values of each evaluation, step included
+    notes: list[str]  # the error of a failed run, and what could not be read
+
+
+def main(argv: list[str]) -> None:
+    """The `gancli report` command."""
+    if any(arg in ("-h", "--help") for arg in argv):
+        print(USAGE, end="")
+        return
+    folders: list[Path] = []
+    out: Path | None = None
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if arg.startswith("-"):
+            raise GancliError(f"unknown option '{arg}'; gancli report takes folders and out=DIR (gancli report --help)")
+        if sep and key == "out":
+            if not value:
+                raise GancliError("out= needs a folder, e.g. out=reports")
+            out = Path(value).expanduser()
+        elif sep and re.fullmatch(r"[\w.+~]+", key) and not Path(arg).exists():
+            raise GancliError(f"unknown argument '{arg}'; gancli report takes folders and out=DIR "
+                              "(gancli report --help)")
+        else:
+            folders.append(Path(arg).expanduser())
+    if not folders:
+        raise GancliError("no folder given; pass a run or sweep folder, e.g. gancli report outputs/multirun")
+    report(folders, out)
+
+
+def report(folders: list[Path], out: Path | None = None) -> list[dict[str, Any]]:
+    """Print the table of the runs in `folders` and write the report files into `out`; returns the rows."""
+    paths = find_runs(folders)
+    runs = [read_run(path) for path in paths]
+    rows, columns = report_rows(runs)
+    base = _common_parent(paths)
+    shared = shared_overrides(runs)
+    if out is None:
+        out = folders[0] if len(folders) == 1 else Path.cwd()
+    console = table_console()
+    console.print(_table(rows, columns, base, shared))
+    try:
+        write_csv(out / "report.csv", rows, columns)
+        write_json(out / "report.json", [{k: _json_value(v) for k, v in row.items()} for row in rows])
+        written = ["report.csv", "report.json", *plot_runs(runs, [_label(row) for row in rows], out)]
+    except OSError as exc:
+        raise GancliError(f"cannot write the report into {out} ({exc.strerror or exc}); "
+                          "choose a writable folder with out=DIR") from None
+    console.print(f"{', '.join(written)} in {out}")
+    return rows
+
+
+def find_runs(folders: list[Path]) -> list[Path]:
+    """Every run folder in `folders`, once each, sorted by path with job numbers in numeric order."""
+    found: dict[Path, None] = {}  # an ordered set
+    for folder in folders:
+        if not folder.exists():
+            raise GancliError(f"{folder} does not exist; pass a run folder, a sweep folder or a folder that holds them")
+        if not folder.is_dir():
+            raise GancliError(f"{folder} is a file; pass the run folder that holds it")
+        found.update(dict.fromkeys(_walk(folder.resolve())))
+    if not found:
+        raise GancliError(f"no run folders in {', '.join(map(str, folders))}; a run folder holds .hydra/overrides.yaml, "
+                          "summary.json or timing.jsonl (pass a folder that gancli train wrote)")
+    return sorted(found, key=_natural_key)
+
+
+def is_run_folder(folder: Path) -> bool:
+    """A folder gancli train wrote: it has any of the files a run starts with or ends with."""
+    try:
+        return any((folder / name).is_file() for name in (".hydra/overrides.yaml", "summary.json", "timing.jsonl"))
+    except OSError:  # unreadable
+        return False
+
+
+def _walk(folder: Path) -> Iterator[Path]:
+    if is_run_folder(folder):
+        yield folder
+        return
+    try:
+        children = sorted(p for p in folder.iterdir()
+                          if p.is_dir() and not p.is_symlink() and not p.name.startswith("."))
+    except OSError:  # unreadable: nothing to report there
+        return
+    for child in children:
+        yield from _walk(child)
+
+
+def _natural_key(path: Path) -> tuple:
+    """Sweep job folders 2 before 10."""
+    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in path.parts)
+
+
+def read_run(path: Path) -> Run:
+    """Read what can be read of one run folder; a bad file is noted, never raised."""
+    notes: list[str] = []
+    overrides = _read_overrides(path / ".hydra" / "overrides.yaml", notes)
+    timing = _read_jsonl(path / "timing.jsonl", notes)
+    if not timing and (path / "timing.jsonl").is_file():
+        notes.append("timing.jsonl has no rows")
+    evaluations = [_numbers(row) for row in _read_jsonl(path / "metrics.jsonl", notes)]
+    summary_path = path / "summary.json"
+    summary = _read_json_object(summary_path, notes)
+
+    if summary is not None:
+        status = summary.get("status") if isinstance(summary.get("status"), str) else "unknown"
+        if status == "unknown":
+            notes.append("summary.json has no status")
+        if isinstance(summary.get("error"), str):
+            notes.insert(0, summary["error"])
+    elif summary_path.exists() or not (timing or evaluations or overrides is not None):
+        status = "broken"
+    else:
+        status = "incomplete"
+    summary = summary or {}
+
+    timing.sort(key=lambda row: row["step"])
+    evaluations.sort(key=lambda row: row["step"])
+    last = timing[-1] if timing else {}
+    steps = [s for s in (_int(summary.get("steps")), _int(last.get("step"))) if s is not None]
+    timed_img_per_s = [v for v in (_number(row.get("img_per_s")) for row in timing) if v is not None]
+    metrics = evaluations[-1] if evaluations else _numbers(summary.get("metrics"))
+    if not evaluations and "step" in metrics:  # a summary's last evaluation, for the plot
+        evaluations = [metrics]
+    return Run(
+        path=path,
+        overrides=overrides,
+        status=status,
+        steps=max(steps) if steps else None,
+        target_steps=_int(summary.get("target_steps")) or _target_steps(path),
+        wall_s=_first(summary.get("wall_s"), last.get("elapsed_s")),
+        img_per_s=_first(summary.get("img_per_s"),
+                         round(sum(timed_img_per_s) / len(timed_img_per_s), 1) if timed_img_per_s else None),
+        loss_d=_first(summary.get("loss_d"), last.get("loss_d")),
+        loss_g=_first(summary.get("loss_g"), last.get("loss_g")),
+        metrics={k: v for k, v in metrics.items() if k != "step"},
+        timing=timing,
+        evaluations=evaluations,
+        notes=notes,
+    )
+
+
+def _read_overrides(path: Path, notes: list[str]) -> list[str] | None:
+    try:
+        overrides = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        notes.append(".hydra/overrides.yaml missing")
+        return None
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        notes.append(f".hydra/overrides.yaml unreadable ({_reason(exc)})")
+        return None
+    if overrides is None:  # an empty file: no overrides
+        return []
+    if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
+        notes.append(".hydra/overrides.yaml is not a list of overrides")
+        return None
+    return [o for o in overrides if not o.lstrip("+~").startswith("hydra.")]
+
+
+def _read_jsonl(path: Path, notes: list[str]) -> list[dict[str, Any]]:
+    """The rows that parse and carry a step; a killed run's last line may be cut short."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        notes.append(f"{path.name} unreadable ({_reason(exc)})")
+        return []
+    rows, bad = [], 0
+    for line in filter(str.strip, text.splitlines()):
+        try:
+            row = json.loads(line)
+        except ValueError:
+            bad += 1
+            continue
+        if isinstance(row, dict) and _int(row.get("step")) is not None:
+            rows.append(row)
+        else:
+            bad += 1
+    if bad:
+        notes.append(f"{path.name}: {bad} unreadable line{'s' if bad > 1 else ''} skipped")
+    return rows
+
+
+def _read_json_object(path: Path, notes: list[str]) -> dict[str, Any] | None:
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        notes.append(f"{path.name} unreadable ({_reason(exc)})")
+        return None
+    if not isinstance(obj, dict):
+        notes.append(f"{path.name} is not a JSON object")
+        return None
+    return obj
+
+
+def _target_steps(path: Path) -> int | None:
+    """train.steps from the run's config, for a run that ended before its summary."""
+    for name in ("config.yaml", ".hydra/config.yaml"):
+        try:
+            config = yaml.safe_load((path / name).read_text(encoding="utf-8"))
+            return _int(config["train"]["steps"])
+        except (OSError, ValueError, yaml.YAMLError, TypeError, KeyError):
+            continue
+    return None
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return (str(exc).splitlines() or [type(exc).__name__])[0][:80]
+
+
+def _number(value: Any) -> float | None:
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _int(value: Any) -> int | None:
+    number = _number(value)
+    return int(number) if number is not None and math.isfinite(number) else None
+
+
+def _first(*values: Any) -> float | None:
+    return next((v for v in map(_number, values) if v is not None), None)
+
+
+def _numbers(row: Any) -> dict[str, float]:
+    """The numeric values of an evaluation: protocol strings and nested dicts are not metrics."""
+    if not isinstance(row, dict):
+        return {}
+    return {key: value for key, value in row.items() if _number(value) is not None}
+
+
+def shared_overrides(runs: list[Run]) -> list[str]:
+    """The overrides every readable run has; none when fewer than two runs can be compared."""
+    readable = [run.overrides for run in runs if run.overrides is not None]
+    if len(readable) < 2:
+        return []
+    common = set(readable[0]).intersection(*readable[1:])
+    return [o for o in readable[0] if o in common]
+
+
+def report_rows(runs: list[Run]) -> tuple[list[dict[str, Any]], list[str]]:
+    """One row per run, and the columns: COLUMNS, the union of the metrics in order seen, notes."""
+    metric_columns: dict[str, str] = {}  # metric -> column, prefixed where it would clash with ours
+    for run in runs:
+        for metric in run.metrics:
+            metric_columns.setdefault(metric, f"metric.{metric}" if metric in COLUMNS + ["notes"] else metric)
+    shared = set(shared_overrides(runs))
+    base = _common_parent([run.path for run in runs])
+    rows = []
+    for run in runs:
+        name = os.path.relpath(run.path, base) if len(runs) > 1 else run.path.name
+        own = None if run.overrides is None else [o for o in run.overrides if o not in shared]
+        rows.append({
+            "run": name if name != "." else run.path.name,
+            "overrides": None if own is None else " ".join(own) or "(defaults)",
+            "status": run.status,
+            "steps": run.steps,
+            "target_steps": run.target_steps,
+            "wall_s": run.wall_s,
+            "img_per_s": run.img_per_s,
+            "loss_d": run.loss_d,
+            "loss_g": run.loss_g,
+            **{column: run.metrics.get(metric) for metric, column in metric_columns.items()},
+            "notes": "; ".join(run.notes) or None,
+        })
+    return rows, [*COLUMNS, *metric_columns.values(), "notes"]
+
+
+def _common_parent(paths: list[Path]) -> Path:
+    return paths[0].parent if len(paths) == 1 else Path(os.path.commonpath(paths))
+
+
+def _json_value(value: Any) -> Any:
+    """JSON has no NaN or infinity: those become null."""
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def _label(row: dict[str, Any]) -> str:
+    """A plot legend entry: the run and what sets it apart."""
+    label = row["run"] if row["overrides"] in (None, "(defaults)") else f"{row['run']} {row['overrides']}"
+    return label if len(label) <= 48 else label[:47] + "…"
+
+
+def _table(rows: list[dict[str, Any]], columns: list[str], base: Path, shared: list[str]) -> Table:
+    table = Table(title=f"gancli report: {len(rows)} run{'s' if len(rows) != 1 else ''} in {base}",
+                  caption=f"every run also has: {' '.join(shared)}" if shared else None)
+    shown = [c for c in columns if c != "target_steps"]  # steps reads 6/10 instead
+    for column in shown:
+        left = column in ("run", "overrides", "status", "notes")
+        table.add_column(_HEADERS.get(column, column), justify="left" if left else "right", overflow="fold")
+    for row in rows:
+        table.add_row(*(_cell(row, column) for column in shown))
+    return table
+
+
+def _cell(row: dict[str, Any], column: str) -> str:
+    value = row[column]
+    if value is None:
+        return ""
+    if column == "status":
+        return f"[{_STATUS_STYLE[value]}]{value}[/]" if value in _STATUS_STYLE else escape(value)
+    if column == "steps" and row["target_steps"] not in (None, value):
+        return f"{value}/{row['target_steps']}"
+    if column in ("run", "overrides", "notes"):
+        return escape(value)  # text, not rich markup
+    if isinstance(value, int):
+        return str(value)
+    if column in ("wall_s", "img_per_s"):
+        return f"{value:.1f}"
+    if column in ("loss_d", "loss_g"):
+        return f"{value:.4f}"
+    return f"{value:.4g}"
+
+
+def plot_runs(runs: list[Run], labels: list[str], out: Path) -> list[str]:
+    """loss.png, img_per_s.png and, when any run was evaluated, metrics.png in `out`; returns their names."""
+    # the Agg canvas and a bare Figure: no display, and no pyplot state shared with other code
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    def save(fig: Figure, name: str) -> str:
+        FigureCanvasAgg(fig)
+        with atomic(out / name) as tmp:
+            fig.savefig(tmp, format="png")
+        return name
+
+    timings = [run.timing for run in runs]
+    fig = Figure(figsize=(11, 4), dpi=100, layout="constrained")
+    for ax, key in zip(fig.subplots(1, 2), ("loss_d", "loss_g")):
+        _lines(ax, timings, labels, key, legend=key == "loss_d")
+    written = [save(fig, "loss.png")]
+
+    fig = Figure(figsize=(7, 4), dpi=100, layout="constrained")
+    _lines(fig.subplots(), timings, labels, "img_per_s", legend=True)
+    written.append(save(fig, "img_per_s.png"))
+
+    evaluations = [run.evaluations for run in runs]
+    metrics = list(dict.fromkeys(k for rows in evaluations for row in rows for k in row if k != "step"))
+    if metrics:
+        ncols = min(3, len(metrics))
+        nrows = math.ceil(len(metrics) / ncols)
+        fig = Figure(figsize=(4.5 * ncols, 3.2 * nrows), dpi=100, layout="constrained")
+        axes = list(fig.subplots(nrows, ncols, squeeze=False).flat)
+        for i, (ax, metric) in enumerate(zip(axes, metrics)):
+            _lines(ax, evaluations, labels, metric, legend=i == 0)
+        for ax in axes[len(metrics):]:
+            ax.set_visible(False)
+        written.append(save(fig, "metrics.png"))
+    return written
+
+
+def _lines(ax: Any, series: list[list[dict[str, Any]]], labels: list[str], key: str, legend: bool) -> None:
+    """One line per run of `key` against step; runs without that value are left out."""
+    drawn = 0
+    for i, (rows, label) in enumerate(zip(series, labels)):
+        points = [(row["step"], row[key]) for row in rows if _number(row.get(key)) is not None]
+        if points:
+            steps, values = zip(*points)
+            # a run keeps its colour across the plots
+            ax.plot(steps, values, marker="o", markersize=3, linewidth=1.2, label=label, color=f"C{i % 10}")
+            drawn += 1
+    ax.set_title(key, fontsize=10)
+    ax.set_xlabel("step")
+    ax.grid(alpha=0.3)
+    if not drawn:
+        ax.text(0.5, 0.5, f"no {key} values", ha="center", va="center", transform=ax.transAxes, color="gray")
+    elif legend and drawn <= _MAX_LEGEND:
+        ax.legend(fontsize=7)
+
+
+class SweepReport(Callback):
+    """Hydra callback: when a sweep ends, print its table and write the report into the sweep folder."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            sweep_dir = Path(str(config.hydra.sweep.dir))
+            report([sweep_dir], out=sweep_dir)
+        except Exception as exc:  # noqa: BLE001 (the sweep has finished: a report problem must not fail it)
+            log.warning("no report for the sweep: %s", exc if isinstance(exc, GancliError) else repr(exc))
