@@ -32,6 +32,15 @@ _NO_PREFLIGHT = {"--help", "-h", "--hydra-help", "--info", "-i", "--shell-comple
                  "--config-dir", "-cd", "--config-path", "-cp", "--config-name", "-cn"}
 
 
+# Hydra plugins behind optional extras: config name -> (what it is, the extra that installs it)
+_HYDRA_PLUGINS = {
+    "joblib": ("joblib launcher", "joblib"),
+    "submitit_slurm": ("submitit launcher", "slurm"),
+    "submitit_local": ("submitit launcher", "slurm"),
+    "optuna": ("Optuna sweeper", "optuna"),
+}
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
@@ -117,6 +126,11 @@ def one_line(exc: BaseException) -> str:
 
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandatoryValue, ValidationError
 
+    missing = getattr(exc, "missing_cfg_file", None) or ""
+    if isinstance(exc, MissingConfigException) and missing.startswith("hydra/"):
+        plugin = _HYDRA_PLUGINS.get(missing.rpartition("/")[2])
+        if plugin is not None:
+            return f'Hydra\'s {plugin[0]} plugin ({missing}) is not installed: pip install "gancli[{plugin[1]}]"'
     if isinstance(exc, MissingConfigException) and exc.options is not None:
         group, _, value = (exc.missing_cfg_file or "").rpartition("/")
         if group and exc.options:

@@ -73,6 +73,11 @@ class CompileMode(Enum):
     max_autotune = "max-autotune"
 
 
+class LoggerName(Enum):
+    none = "none"
+    tensorboard = "tensorboard"  # event files in the run folder (extra: gancli[tensorboard])
+
+
 class Activation(Enum):
     relu = "relu"
     leaky_relu = "leaky_relu"
@@ -251,6 +256,13 @@ class EvalConfig:
 
 
 @dataclass
+class LoggerConfig:
+    """Where training curves go besides timing.jsonl and metrics.jsonl."""
+
+    name: LoggerName = LoggerName.none
+
+
+@dataclass
 class TrainApp:
     """Root of `gancli train`."""
 
@@ -263,6 +275,7 @@ class TrainApp:
     accel: AccelConfig = field(default_factory=AccelConfig)
     train: LoopConfig = field(default_factory=LoopConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
     seed: int = 0
 
 

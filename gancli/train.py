@@ -14,10 +14,11 @@ from typing import Any, Optional
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 import gancli
-from gancli import checkpoint, runtime
+from gancli import checkpoint, runtime, tracking
 from gancli.console import progress_bar
 from gancli.config import LABELLED, MIXTURES, TrainApp, to_plain, to_typed
 from gancli.data import data_shape, load_data
@@ -38,11 +39,52 @@ POINTS_PLOTTED = 2000  # generated points in each scatter plot of 2-D data
 
 @hydra.main(version_base="1.3", config_path="pkg://gancli.configs", config_name=CONFIG_NAME)
 def main(cfg: DictConfig) -> Optional[float]:
+    """Train one job; return the value a sweeper minimises (see `objective`)."""
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
+    t_start = time.perf_counter()
     with user_errors():
-        summary = train(to_typed(cfg), Path(HydraConfig.get().runtime.output_dir))
+        try:
+            summary = train(to_typed(cfg), run_dir)
+        except GancliError as exc:
+            _write_failure(run_dir, "failed", str(exc), t_start)
+            if not in_sweep:
+                raise
+            # one failed job (a diverging learning rate, say) is a result of the sweep, not its end:
+            # the report marks it, and a sweeper sees NaN, which Optuna records as a failed trial
+            log.error("gancli: error: %s", exc)
+            return float("nan")
+        except KeyboardInterrupt:
+            _write_failure(run_dir, "interrupted", "interrupted before a checkpoint could be saved", t_start)
+            raise
+        except Exception as exc:
+            _write_failure(run_dir, "failed", f"{type(exc).__name__}: {exc}", t_start)
+            raise
     if summary["status"] == "interrupted":
+        if in_sweep:  # Ctrl-C ends the whole sweep, not just this job
+            raise KeyboardInterrupt
         sys.exit(130)
-    return summary["loss_g"]
+    return summary["objective"]["value"]
+
+
+def objective(summary: dict[str, Any]) -> dict[str, Any]:
+    """What a sweep minimises: the last evaluation's headline distance when eval.every is on
+    (Inception FID, else classifier FD, reverse KL of a mixture, KL of stacked modes), else the
+    final G loss."""
+    metrics = summary.get("metrics") or {}
+    for name in ("fid", "fd", "reverse_kl", "kl"):
+        if isinstance(metrics.get(name), (int, float)):
+            return {"name": name, "value": float(metrics[name])}
+    return {"name": "loss_g", "value": float(summary["loss_g"])}
+
+
+def _write_failure(run_dir: Path, status: str, error: str, t_start: float) -> None:
+    """Mark a run that stopped early, so `gancli report` can tell it from one still running."""
+    if not run_dir.is_dir():
+        return
+    write_json(run_dir / "summary.json",
+               {"status": status, "error": error, "wall_s": round(time.perf_counter() - t_start, 3)})
 
 
 def check(cfg: TrainApp) -> torch.device:
@@ -59,6 +101,7 @@ def check(cfg: TrainApp) -> torch.device:
             f"not data={cfg.data.name.value}; set eval.every=0"
         )
     find_weights(cfg.eval.inception_weights)
+    tracking.check(cfg.logger)
     return device
 
 
@@ -115,6 +158,7 @@ def train(cfg: TrainApp, run_dir: Path) -> dict[str, Any]:
             save_grid(fake, path)
         else:
             save_scatter(fake, path, real=data.x[:POINTS_PLOTTED], title=f"step {step}")
+        tracker.image(step, "samples", path)
 
     log.info(
         "training %s on %s (%s) for %d steps, batch %d, %s, %s, accel=%s; run folder %s",
@@ -126,6 +170,7 @@ def train(cfg: TrainApp, run_dir: Path) -> dict[str, Any]:
     flops_per_step = step_flops(cfg, data.shape)
     peak, peak_source = runtime.peak_flops(device, precision)
     timing = JsonLines(run_dir / "timing.jsonl")
+    tracker = tracking.make_tracker(cfg.logger, run_dir)
     metrics_log = JsonLines(run_dir / "metrics.jsonl") if cfg.eval.every else None
     metrics: Optional[dict[str, Any]] = None
     n_interval = n_timed = 0
@@ -167,6 +212,7 @@ def train(cfg: TrainApp, run_dir: Path) -> dict[str, Any]:
                     "loss_g": loss_g_mean,
                 }
                 timing.write(row)
+                tracker.scalars(step, row)
                 if n_timed:
                     train_s += interval_s
                     images_done += n_timed * batch_size
@@ -176,6 +222,7 @@ def train(cfg: TrainApp, run_dir: Path) -> dict[str, Any]:
                          row["d_step_ms"], row["g_step_ms"], row["data_ms"], 100 * row["mfu"])
                 if not (math.isfinite(loss_d_mean) and math.isfinite(loss_g_mean)):
                     timing.close()
+                    tracker.close()
                     raise GancliError(
                         f"the losses became non-finite by step {step} (loss_d {loss_d_mean}, loss_g {loss_g_mean}); "
                         "lower optimizer.lr or use precision=fp32"
@@ -195,6 +242,7 @@ def train(cfg: TrainApp, run_dir: Path) -> dict[str, Any]:
                 metrics = {"step": step, **evaluate(fake, data, cfg.data, device, cfg.seed, cfg.eval.cache_dir,
                                                    cfg.eval.inception_weights)}
                 metrics_log.write(metrics)
+                tracker.scalars(step, metrics, prefix="eval/")
                 log.info("step %d metrics: %s", step, ", ".join(
                     f"{k} {v:.4g}" for k, v in metrics.items() if isinstance(v, (int, float)) and k != "step"))
             pause_s += time.perf_counter() - t_write
@@ -240,6 +288,8 @@ def train(cfg: TrainApp, run_dir: Path) -> dict[str, Any]:
             "hydra": hydra.__version__,
         },
     }
+    summary["objective"] = objective(summary)
+    tracker.close()
     write_json(run_dir / "summary.json", summary)
     if status == "interrupted":
         log.warning(

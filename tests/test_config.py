@@ -31,7 +31,9 @@ def test_default_config():
 def test_top_level_keys_are_frozen():
     # A change here is a change of the config surface people script against.
     cfg = to_plain(compose_train())
-    assert list(cfg) == ["model", "data", "optimizer", "loss", "device", "precision", "accel", "train", "eval", "seed"]
+    assert list(cfg) == [
+        "model", "data", "optimizer", "loss", "device", "precision", "accel", "train", "eval", "logger", "seed",
+    ]
     assert list(cfg["train"]) == [
         "steps", "batch_size", "d_steps", "log_every", "sample_every", "ckpt_every", "sample_n", "resume",
     ]
@@ -47,6 +49,7 @@ def test_top_level_keys_are_frozen():
         ("device", ["auto", "cpu", "cuda", "mps"]),
         ("precision", ["bf16", "fp16", "fp32", "tf32"]),
         ("accel", ["baseline", "eager", "fast"]),
+        ("logger", ["none", "tensorboard"]),
     ],
 )
 def test_every_group_option_composes(group, names):

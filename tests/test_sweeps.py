@@ -1,0 +1,123 @@
+"""Sweeps: the joblib, SLURM and Optuna plugins, a sweep's failed jobs, and the TensorBoard logger."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import pytest
+import yaml
+from hydra import compose, initialize_config_module
+from hydra.core.config_store import ConfigStore
+from hydra.core.plugins import Plugins
+
+import gancli.train
+from conftest import TINY, is_png, read_json, run_gancli
+from gancli.cli import preflight
+from gancli.errors import GancliError
+
+
+def compose_with_hydra(*overrides: str):
+    with initialize_config_module("gancli.configs", version_base="1.3"):
+        return compose("train", overrides=list(overrides), return_hydra_config=True)
+
+
+def test_slurm_launcher_config_composes_with_its_cluster_keys():
+    cfg = compose_with_hydra("hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.launcher.timeout_min=30")
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
+    assert (launcher.partition, launcher.timeout_min) == ("gpu", 30)
+    assert launcher.gpus_per_node == 1 and launcher.mem_gb == 32 and launcher.tasks_per_node == 1
+
+
+def test_optuna_search_config_composes_and_turns_evaluation_on():
+    cfg = compose_with_hydra("hparams_search=optuna_lr", "train.steps=300")
+    sweeper = cfg.hydra.sweeper
+    assert sweeper._target_.endswith("OptunaSweeper") and sweeper.direction == "minimize"
+    assert set(sweeper.params) == {"optimizer.lr_g", "optimizer.lr_d", "optimizer.beta1"}
+    assert cfg.eval.every == 300  # one evaluation, at the last step, gives the objective
+
+
+@pytest.mark.parametrize(
+    "group,name,args,extra",
+    [
+        ("launcher", "joblib", ["-m", "hydra/launcher=joblib", "seed=1,2"], "joblib"),
+        ("launcher", "submitit_slurm", ["-m", "hydra/launcher=slurm"], "slurm"),
+        ("sweeper", "optuna", ["-m", "hparams_search=optuna_lr"], "optuna"),
+    ],
+)
+def test_a_missing_plugin_is_one_line_naming_the_extra(group, name, args, extra):
+    Plugins.instance()  # the plugins register their configs on discovery; hide one as if not installed
+    store = ConfigStore.instance().repo["hydra"][group]
+    node = store.pop(f"{name}.yaml")
+    try:
+        with pytest.raises(GancliError) as info:
+            preflight(gancli.train, args)
+    finally:
+        store[f"{name}.yaml"] = node
+    message = str(info.value)
+    assert "\n" not in message and f'pip install "gancli[{extra}]"' in message
+
+
+def test_joblib_sweep_runs_in_parallel_and_a_failed_job_does_not_end_it(tmp_path):
+    empty = tmp_path / "no_images"
+    empty.mkdir()
+    sweep = tmp_path / "sweep"
+    proc = run_gancli(
+        "train", "-m", *TINY, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+        "data=digits,folder", f"data.path={empty}", "optimizer.lr=1e-4,2e-4", f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+    )
+    summaries = {}
+    for job in sweep.iterdir():
+        if job.is_dir() and job.name.isdigit():
+            overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text())
+            summaries[tuple(o for o in overrides if o.startswith(("data=", "optimizer.lr=")))] = read_json(
+                job / "summary.json")
+    assert len(summaries) == 4
+    for (data, lr), summary in summaries.items():
+        if data == "data=digits":
+            assert summary["status"] == "completed" and summary["steps"] == 6
+            assert summary["objective"] == {"name": "loss_g", "value": summary["loss_g"]}
+        else:
+            assert summary["status"] == "failed" and "holds no images" in summary["error"]
+    assert (proc.stdout + proc.stderr).count("gancli: error:") == 2  # each failed job names its problem, once
+
+    # the sweep ends with the report of its runs
+    with open(sweep / "report.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(row["status"] for row in rows) == ["completed", "completed", "failed", "failed"]
+    for name in ("loss.png", "img_per_s.png"):
+        assert is_png(sweep / name)
+
+
+def test_optuna_search_minimises_what_train_returns(tmp_path):
+    sweep = tmp_path / "search"
+    run_gancli(
+        "train", "-m", "hparams_search=optuna_lr", "hydra.sweeper.n_trials=3", *TINY, "eval.every=0",
+        f"hydra.sweep.dir={sweep}", cwd=tmp_path,
+    )
+    values = [read_json(sweep / str(k) / "summary.json")["objective"]["value"] for k in range(3)]
+    assert all(math.isfinite(v) for v in values)
+    result = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert result["best_value"] == pytest.approx(min(values))
+    best = read_json(sweep / str(values.index(min(values))) / "summary.json")
+    assert best["objective"]["name"] == "loss_g"
+
+
+def test_tensorboard_logger_writes_curves_and_sample_grids(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir = tmp_path / "run"
+    loop = [arg for arg in TINY if not arg.startswith("model.")]
+    run_gancli("train", *loop, "logger=tensorboard", "data=ring", "data.n=512", "model=mlp", "model.width=16",
+               "eval.every=3", "eval.n=200", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    events = EventAccumulator(str(run_dir), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    tags = events.Tags()
+    assert [e.step for e in events.Scalars("loss_g")] == [2, 4, 6]
+    timing = [json.loads(line) for line in (run_dir / "timing.jsonl").read_text().splitlines()]
+    assert [e.value for e in events.Scalars("loss_d")] == pytest.approx([row["loss_d"] for row in timing])
+    assert {"img_per_s", "mfu", "eval/modes", "eval/reverse_kl"} <= set(tags["scalars"])
+    assert [e.step for e in events.Images("samples")] == [3, 6]
