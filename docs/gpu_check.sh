@@ -3,7 +3,8 @@
 #   bash docs/gpu_check.sh [output folder]
 # 1. gancli bench: DCGAN 64x64 RGB (widths 64, z 100) at batch 64 and 1024, and the seed model at
 #    batch 64, each as baseline / eager / fast in fp32 and bf16, plus torch.compile at batch 64;
-# 2. fast (CUDA graphs) against eager: the same training run both ways, loss trajectories compared.
+# 2. fast (CUDA graphs) against eager: the same training run both ways, loss trajectories compared;
+# 3. one process under torchrun (NCCL, DistributedDataParallel), the same run, compared with eager.
 # Where hydra is missing (see shared/wheels-gpu), put its wheels in .whl/ beside this checkout first.
 # QUICK=1 shrinks every run to a few steps, to try the script on a CPU.
 set -euo pipefail
@@ -38,4 +39,12 @@ bench model=dcgan data=fake data.image_size=64 data.channels=3 data.n=8192 train
 common=(data=digits precision=bf16 train.steps=$steps train.log_every=20 train.sample_every=$steps train.ckpt_every=0 seed=1)
 train "${common[@]}" accel=eager hydra.run.dir="$out/eager"
 train "${common[@]}" accel=fast hydra.run.dir="$out/fast"
-python3 docs/compare_runs.py "$out/eager" "$out/fast" | tee "$out/graphs_vs_eager.txt"
+python3 docs/compare_runs.py "$out/eager" "$out/fast" | tee "$out/graphs_vs_eager.txt" \
+  || echo "fast differs from eager beyond the tolerance"
+
+# data parallel over one process: NCCL and DDP on the fast path (graphs stay off under DDP)
+echo "+ torchrun --standalone --nproc-per-node=1 -m gancli train ${common[*]} accel=fast" | tee -a "$out/commands.txt"
+python3 -m torch.distributed.run --standalone --nproc-per-node=1 -m gancli train "${common[@]}" accel=fast \
+  hydra.run.dir="$out/ddp1" "${quick[@]:3}"
+python3 docs/compare_runs.py "$out/eager" "$out/ddp1" | tee "$out/ddp1_vs_eager.txt" \
+  || echo "the torchrun run differs from eager beyond the tolerance"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import itertools
+import os
 import re
 import sys
 from typing import Optional
@@ -62,9 +63,12 @@ def main(argv: Optional[list[str]] = None) -> None:
     if command == "bench":  # its matrix keys take comma lists without -m
         rest = module.split_axes(rest)
     rest = [part for arg in rest for part in _device_index(arg)]
+    checked = None
     if not any(arg.split("=")[0] in _NO_PREFLIGHT for arg in rest):
         try:
-            preflight(module, rest)
+            checked = preflight(module, rest)
+            if command == "train" and "RANK" in os.environ:  # started by torchrun
+                rest = join_process_group(rest, checked)
         except GancliError as exc:
             _fail(str(exc))
     sys.argv = [f"gancli {command}", *rest]
@@ -73,6 +77,35 @@ def main(argv: Optional[list[str]] = None) -> None:
     except KeyboardInterrupt:  # a second Ctrl-C in training, or one before the loop starts
         print("gancli: interrupted", file=sys.stderr)
         sys.exit(130)
+    finally:
+        if checked is not None and command == "train":
+            from gancli.runtime import close_distributed
+
+            close_distributed()
+
+
+def join_process_group(args: list[str], checked: list) -> list[str]:
+    """torchrun starts one gancli per device. They join one process group, and all use the run
+    folder rank 0 picks: only rank 0 writes Hydra's files and the logs."""
+    from hydra import compose, initialize_config_module
+
+    from gancli import runtime
+
+    if len(checked) != 1 or "-m" in args or "--multirun" in args:
+        raise GancliError("torchrun runs one training job: drop -m (to sweep, run torchrun once per job)")
+    runtime.init_distributed(checked[0].device.type)
+    ranks = runtime.Ranks.current()
+    run_dir = None
+    if ranks.is_main:
+        with initialize_config_module("gancli.configs", version_base="1.3"):
+            run_dir = str(compose("train", overrides=args, return_hydra_config=True).hydra.run.dir)
+    run_dir = ranks.broadcast(run_dir)
+    if "'" in run_dir:
+        raise GancliError(f"the run folder {run_dir} has a quote in its name; set hydra.run.dir to a plainer path")
+    args = [arg for arg in args if not arg.startswith("hydra.run.dir=")] + [f"hydra.run.dir='{run_dir}'"]
+    if not ranks.is_main:
+        args += ["hydra.output_subdir=null", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
+    return args
 
 
 def _device_index(arg: str) -> list[str]:
@@ -86,8 +119,9 @@ def _fail(message: str) -> None:
     sys.exit(2)
 
 
-def preflight(module, args: list[str]) -> None:
-    """Compose and check the app's config for each job the arguments would run."""
+def preflight(module, args: list[str]) -> list:
+    """Compose and check the app's config for each job the arguments would run; returns the
+    typed configs."""
     from hydra import compose, initialize_config_module
     from hydra._internal.utils import get_args_parser
     from hydra.errors import HydraException
@@ -96,13 +130,17 @@ def preflight(module, args: list[str]) -> None:
     from gancli.config import to_typed
 
     parsed = get_args_parser().parse_args(args)
+    checked = []
     try:
         jobs = _expand_sweeps(parsed.overrides) if parsed.multirun else [parsed.overrides]
         with initialize_config_module("gancli.configs", version_base="1.3"):
             for overrides in jobs:
-                module.check(to_typed(compose(module.CONFIG_NAME, overrides=overrides)))
+                cfg = to_typed(compose(module.CONFIG_NAME, overrides=overrides))
+                module.check(cfg)
+                checked.append(cfg)
     except (HydraException, OmegaConfBaseException) as exc:
         raise GancliError(one_line(exc)) from None
+    return checked
 
 
 def _expand_sweeps(overrides: list[str]) -> list[list[str]]:

@@ -27,9 +27,10 @@ def table_console() -> Console:
 
 
 class progress_bar:
-    """A progress bar (step, losses, img/s, ETA) on a terminal; nothing otherwise."""
+    """A progress bar (step, losses, img/s, ETA) on a terminal; nothing otherwise, or when
+    `show` is false (every rank of a data-parallel run but the first)."""
 
-    def __init__(self, total: int, start: int):
+    def __init__(self, total: int, start: int, show: bool = True):
         console = get_console()
         self.progress = Progress(
             TextColumn("[bold]train"),
@@ -38,7 +39,7 @@ class progress_bar:
             TextColumn("{task.fields[stats]}"),
             TimeRemainingColumn(),
             console=console,
-            disable=not console.is_terminal,
+            disable=not (show and console.is_terminal),
         )
         self.task = self.progress.add_task("train", total=total, completed=start, stats="")
 

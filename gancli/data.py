@@ -231,17 +231,24 @@ class Batches:
 
     A batch depends only on (seed, k), so a resumed run draws exactly the batches the
     uninterrupted run would have drawn. The data is kept on the device when it fits.
+    In a data-parallel run, step k's global batch is world_size * batch_size samples of the
+    same permutation, and each rank takes its own slice: the ranks never share a sample within
+    an epoch, and one rank of one is the single-process order.
     """
 
-    def __init__(self, data: Data, batch_size: int, seed: int, device: torch.device, max_device_bytes: int = 2**31):
+    def __init__(self, data: Data, batch_size: int, seed: int, device: torch.device, max_device_bytes: int = 2**31,
+                 rank: int = 0, world_size: int = 1):
         n = len(data.x)
-        if batch_size > n:
-            raise GancliError(f"train.batch_size={batch_size} is larger than the data set ({n} samples)")
+        if batch_size * world_size > n:
+            raise GancliError(f"train.batch_size={batch_size} x {world_size} processes is larger than the data set "
+                              f"({n} samples)")
         on_device = data.x.numel() * data.x.element_size() <= max_device_bytes
         self.x = data.x.to(device) if on_device else data.x
         self.device = device
         self.batch_size = batch_size
-        self.per_epoch = n // batch_size  # the last partial batch of an epoch is dropped
+        self.global_batch = batch_size * world_size
+        self.offset = rank * batch_size  # this rank's slice of each global batch
+        self.per_epoch = n // self.global_batch  # the last partial batch of an epoch is dropped
         self.seed = seed
         self._epoch, self._perm = -1, None
 
@@ -251,7 +258,8 @@ class Batches:
             gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
             self._perm = torch.randperm(len(self.x), generator=gen).to(self.x.device)
             self._epoch = epoch
-        idx = self._perm[i * self.batch_size : (i + 1) * self.batch_size]
+        start = i * self.global_batch + self.offset
+        idx = self._perm[start : start + self.batch_size]
         return to_model(self.x[idx].to(self.device, non_blocking=True))
 
 
@@ -259,26 +267,37 @@ class LoaderBatches:
     """The common PyTorch way, kept for comparison: a shuffling DataLoader over float images
     in host memory, each batch copied to the device. The batch index is ignored."""
 
-    def __init__(self, data: Data, batch_size: int, seed: int, device: torch.device):
-        from torch.utils.data import DataLoader, TensorDataset
+    def __init__(self, data: Data, batch_size: int, seed: int, device: torch.device, rank: int = 0,
+                 world_size: int = 1):
+        from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
-        if batch_size > len(data.x):
-            raise GancliError(f"train.batch_size={batch_size} is larger than the data set ({len(data.x)} samples)")
+        if batch_size * world_size > len(data.x):
+            raise GancliError(f"train.batch_size={batch_size} x {world_size} processes is larger than the data set "
+                              f"({len(data.x)} samples)")
+        dataset = TensorDataset(to_model(data.x))  # floats in host memory, as the usual loop has them
+        # data-parallel, the usual way: a DistributedSampler gives each rank its shard per epoch
+        self.sampler = DistributedSampler(dataset, world_size, rank, shuffle=True, seed=seed, drop_last=True) \
+            if world_size > 1 else None
         self.loader = DataLoader(
-            TensorDataset(to_model(data.x)),  # floats in host memory, as the usual loop has them
+            dataset,
             batch_size=batch_size,
-            shuffle=True,
+            shuffle=self.sampler is None,
+            sampler=self.sampler,
             drop_last=True,
             generator=torch.Generator().manual_seed(seed),
             pin_memory=device.type == "cuda",
         )
         self.device = device
+        self._epoch = 0
         self._it = iter(self.loader)
 
     def __call__(self, k: int) -> torch.Tensor:
         try:
             (batch,) = next(self._it)
         except StopIteration:
+            self._epoch += 1
+            if self.sampler is not None:
+                self.sampler.set_epoch(self._epoch)
             self._it = iter(self.loader)
             (batch,) = next(self._it)
         return batch.to(self.device, non_blocking=True)

@@ -1,10 +1,12 @@
 """Every device and precision decision: device choice, autocast, gradient scalers, seeding,
-RNG state, synchronisation and memory readings."""
+RNG state, synchronisation, memory readings, and the data-parallel process group."""
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
+import os
 import random
 import resource
 import sys
@@ -13,6 +15,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import torch
+import torch.distributed as dist
+from torch import nn
 
 from gancli.config import AccelConfig, CompileMode, DeviceConfig, DeviceType, Precision
 from gancli.errors import GancliError
@@ -30,7 +34,7 @@ def resolve_device(cfg: DeviceConfig) -> torch.device:
         if cfg.index is not None:
             raise GancliError("device.index needs device=cuda; device=auto picks the current GPU")
         if torch.cuda.is_available():
-            return torch.device("cuda", torch.cuda.current_device())
+            return torch.device("cuda", _local_rank() if launched() else torch.cuda.current_device())
         if _mps_available():
             return torch.device("mps")
         return torch.device("cpu")
@@ -45,7 +49,9 @@ def resolve_device(cfg: DeviceConfig) -> torch.device:
                 "use device=cpu or device=auto"
             )
         count = torch.cuda.device_count()
-        index = torch.cuda.current_device() if cfg.index is None else cfg.index
+        index = cfg.index
+        if index is None:  # under torchrun, each process takes the GPU of its local rank
+            index = _local_rank() if launched() else torch.cuda.current_device()
         if index >= count:
             raise GancliError(f"device.index={index} but only {count} CUDA GPU(s) are visible (0..{count - 1})")
         return torch.device("cuda", index)
@@ -168,7 +174,8 @@ class AccelPlan:
         return {k: v for k, v in self.__dict__.items() if k != "notes"} | {"notes": list(self.notes)}
 
 
-def plan_accel(cfg: AccelConfig, device: torch.device, precision: Precision, has_convs: bool) -> AccelPlan:
+def plan_accel(cfg: AccelConfig, device: torch.device, precision: Precision, has_convs: bool,
+               data_parallel: bool = False) -> AccelPlan:
     """Turn the accel config into the plan this device can run, noting every piece left out."""
     notes = []
     graphs = cfg.cuda_graphs
@@ -184,6 +191,9 @@ def plan_accel(cfg: AccelConfig, device: torch.device, precision: Precision, has
     elif graphs and cfg.compile is not CompileMode.off:
         graphs = False
         notes.append("cuda_graphs off: torch.compile is on (its reduce-overhead mode makes graphs itself)")
+    elif graphs and data_parallel:
+        graphs = False
+        notes.append("cuda_graphs off: DistributedDataParallel's gradient all-reduce runs outside a graph")
     channels_last = cfg.channels_last
     if channels_last and not has_convs:
         channels_last = False
@@ -271,3 +281,123 @@ def _measured_matmul_flops(device: torch.device, precision: Precision, n: int = 
         reps += 1
     synchronize(device)
     return 2 * n**3 * reps / (time.perf_counter() - t0)
+
+
+# -- data parallel: torchrun starts one process per device; they meet in one process group --
+
+
+def launched() -> bool:
+    """Whether torchrun (or another launcher that sets its variables) started this process."""
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def _local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def init_distributed(device_type: DeviceType) -> None:
+    """Join the process group torchrun describes: NCCL for CUDA, gloo for the CPU."""
+    if dist.is_initialized() or not launched():
+        return
+    cuda = device_type is DeviceType.cuda or (device_type is DeviceType.auto and torch.cuda.is_available())
+    if device_type is DeviceType.mps or (device_type is DeviceType.auto and not cuda and _mps_available()):
+        raise GancliError("data-parallel training runs on device=cuda (NCCL) or device=cpu (gloo), not on MPS")
+    if cuda:
+        if not torch.cuda.is_available():
+            raise GancliError("device=cuda but no CUDA GPU is visible to this torchrun process; use device=cpu")
+        torch.cuda.set_device(_local_rank())
+    try:
+        dist.init_process_group(backend="nccl" if cuda else "gloo")
+    except (RuntimeError, ValueError) as exc:
+        raise GancliError(f"could not join the torchrun process group: {str(exc).splitlines()[0]}") from None
+
+
+def close_distributed() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+@dataclass
+class Ranks:
+    """This process's place in a data-parallel run: rank 0 of 1 outside torchrun, where every
+    collective below is a no-op."""
+
+    rank: int = 0
+    world_size: int = 1
+
+    @classmethod
+    def current(cls) -> "Ranks":
+        if dist.is_available() and dist.is_initialized():
+            return cls(dist.get_rank(), dist.get_world_size())
+        return cls()
+
+    @property
+    def data_parallel(self) -> bool:
+        return dist.is_available() and dist.is_initialized()
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 alone writes files and logs."""
+        return self.rank == 0
+
+    def wrap(self, module: nn.Module, device: torch.device) -> nn.Module:
+        """`module` in DistributedDataParallel, which all-reduces its gradients in backward.
+        Buffers are not broadcast at each forward: D runs twice (real, fake) before its
+        backward, and a broadcast between the two would overwrite batch-norm statistics that the
+        first forward saved. `average_buffers` keeps the replicas' running statistics together."""
+        if not self.data_parallel:
+            return module
+        ids = [device.index] if device.type == "cuda" else None
+        ddp = nn.parallel.DistributedDataParallel
+        # newer torch names the per-forward buffer sync apart from the one at start-up
+        no_sync = "forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(ddp).parameters \
+            else "broadcast_buffers"
+        return ddp(module, device_ids=ids, **{no_sync: False})
+
+    def _reduce(self, values: list[float], device: torch.device, op: "dist.ReduceOp") -> list[float]:
+        if not self.data_parallel:
+            return values
+        t = torch.tensor(values, dtype=torch.float64, device=device)
+        dist.all_reduce(t, op=op)
+        return t.tolist()
+
+    def mean(self, values: list[float], device: torch.device) -> list[float]:
+        return [v / self.world_size for v in self._reduce(values, device, dist.ReduceOp.SUM)] \
+            if self.data_parallel else values
+
+    def sum(self, values: list[float], device: torch.device) -> list[float]:
+        return self._reduce(values, device, dist.ReduceOp.SUM) if self.data_parallel else values
+
+    def any(self, flag: bool, device: torch.device) -> bool:
+        return bool(self._reduce([float(flag)], device, dist.ReduceOp.MAX)[0])
+
+    def average_buffers(self, *modules: nn.Module) -> None:
+        """Replace each floating buffer (batch-norm running statistics) by its mean over ranks."""
+        if not self.data_parallel:
+            return
+        for module in modules:
+            for buf in module.buffers():
+                if buf.is_floating_point():
+                    dist.all_reduce(buf, op=dist.ReduceOp.SUM)
+                    buf.div_(self.world_size)
+
+    def checksums(self, *modules: nn.Module) -> list[float]:
+        """One number per rank summing every parameter: equal when the replicas agree."""
+        with torch.no_grad():
+            params = [p.detach().double() for m in modules for p in m.parameters()]
+            # weighted by position, so that two parameters swapping values changes the sum
+            local = sum(float((p.flatten() * torch.linspace(1, 2, p.numel(), device=p.device,
+                                                            dtype=torch.float64)).sum()) for p in params)
+        if not self.data_parallel:
+            return [local]
+        out = [None] * self.world_size
+        dist.all_gather_object(out, local)
+        return out
+
+    def broadcast(self, value: object) -> object:
+        """Rank 0's `value`, on every rank."""
+        if not self.data_parallel:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Iterable
+from typing import Any, Iterable, Optional
 
 import torch
 from torch import nn
@@ -19,7 +19,7 @@ from gancli.config import OptimizerConfig, OptimizerName, TrainApp
 from gancli.data import Batches, Data, LoaderBatches
 from gancli.losses import LOSSES
 from gancli.models import build_models
-from gancli.runtime import AccelPlan, GraphedStep
+from gancli.runtime import AccelPlan, GraphedStep, Ranks
 from gancli.timing import SectionTimer
 
 log = logging.getLogger(__name__)
@@ -69,8 +69,10 @@ def g_forward(G: nn.Module, D: nn.Module, z: torch.Tensor, g_loss_fn) -> tuple[t
 class TrainStep:
     """Call with the step index to run one training step; losses add up on the device."""
 
-    def __init__(self, cfg: TrainApp, data: Data, device: torch.device, plan: AccelPlan, timer: SectionTimer):
-        self.device, self.plan, self.timer = device, plan, timer
+    def __init__(self, cfg: TrainApp, data: Data, device: torch.device, plan: AccelPlan, timer: SectionTimer,
+                 ranks: Optional[Ranks] = None):
+        ranks = ranks or Ranks()  # rank 0 of 1: no data parallelism
+        self.device, self.plan, self.timer, self.ranks = device, plan, timer, ranks
         self.precision = cfg.precision.name
         self.batch_size, self.d_steps = cfg.train.batch_size, cfg.train.d_steps
         self.d_loss_fn, self.g_loss_fn = LOSSES[cfg.loss.name]
@@ -88,7 +90,8 @@ class TrainStep:
         self.scaler_d = runtime.grad_scaler(device, self.precision)
 
         batches_cls = LoaderBatches if plan.dataloader else Batches
-        self.batches = batches_cls(data, self.batch_size, cfg.seed, device)
+        self.batches = batches_cls(data, self.batch_size, cfg.seed, device, rank=ranks.rank,
+                                   world_size=ranks.world_size)
         self.sum_d = torch.zeros((), device=device)
         self.sum_g = torch.zeros((), device=device)
         self.host_stats: dict[str, float] = {}  # the baseline's per-step readings
@@ -98,6 +101,14 @@ class TrainStep:
         if plan.compile:
             self.G_run = torch.compile(self.G, mode=plan.compile)
             self.D_run = torch.compile(self.D, mode=plan.compile)
+        # the network being updated runs through DDP, whose backward all-reduces its gradients;
+        # the other one runs bare (G under no_grad in D's step, D frozen in G's step)
+        self.G_sync, self.D_sync = self.G_run, self.D_run
+        if ranks.data_parallel:
+            self.G_sync, self.D_sync = ranks.wrap(self.G, device), ranks.wrap(self.D, device)
+            if plan.compile:
+                self.G_sync = torch.compile(self.G_sync, mode=plan.compile)
+                self.D_sync = torch.compile(self.D_sync, mode=plan.compile)
         self._d, self._g = self._d_update, self._g_update
         if plan.cuda_graphs:
             self.static_real = torch.zeros((self.batch_size, *data.shape), device=device)
@@ -112,7 +123,7 @@ class TrainStep:
         self.D.requires_grad_(True)
         z = torch.randn(self.batch_size, self.G.z_dim, device=self.device)
         with runtime.autocast(self.device, self.precision, cache=not self.plan.cuda_graphs):
-            loss, real_logits, fake_logits = d_forward(self.G_run, self.D_run, real, z, self.d_loss_fn)
+            loss, real_logits, fake_logits = d_forward(self.G_run, self.D_sync, real, z, self.d_loss_fn)
         self.opt_d.zero_grad(set_to_none=True)
         self.scaler_d.scale(loss).backward()
         self.scaler_d.step(self.opt_d)
@@ -127,7 +138,7 @@ class TrainStep:
         self.D.requires_grad_(False)  # G's update needs no gradients of D's weights
         z = torch.randn(self.batch_size, self.G.z_dim, device=self.device)
         with runtime.autocast(self.device, self.precision, cache=not self.plan.cuda_graphs):
-            loss, fake_logits = g_forward(self.G_run, self.D_run, z, self.g_loss_fn)
+            loss, fake_logits = g_forward(self.G_sync, self.D_run, z, self.g_loss_fn)
         self.opt_g.zero_grad(set_to_none=True)
         self.scaler_g.scale(loss).backward()
         self.scaler_g.step(self.opt_g)

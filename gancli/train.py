@@ -81,7 +81,7 @@ def objective(summary: dict[str, Any]) -> dict[str, Any]:
 
 def _write_failure(run_dir: Path, status: str, error: str, t_start: float) -> None:
     """Mark a run that stopped early, so `gancli report` can tell it from one still running."""
-    if not run_dir.is_dir():
+    if not run_dir.is_dir() or not runtime.Ranks.current().is_main:
         return
     write_json(run_dir / "summary.json",
                {"status": status, "error": error, "wall_s": round(time.perf_counter() - t_start, 3)})
@@ -114,10 +114,14 @@ def train(cfg: TrainApp, run_dir: Path) -> dict[str, Any]:
     runtime.seed_everything(cfg.seed)
     steps, batch_size = cfg.train.steps, cfg.train.batch_size
 
+    ranks = runtime.Ranks.current()  # rank 0 of 1 unless torchrun started this process
+    main_rank = ranks.is_main  # the one process that writes files and logs
+
     data = load_data(cfg.data, cfg.seed)
-    plan = runtime.plan_accel(cfg.accel, device, precision, has_convs=cfg.model.name != "mlp")
+    plan = runtime.plan_accel(cfg.accel, device, precision, has_convs=cfg.model.name != "mlp",
+                              data_parallel=ranks.data_parallel)
     timer = SectionTimer(device)
-    step_fn = TrainStep(cfg, data, device, plan, timer)  # builds G, D, optimizers and batches
+    step_fn = TrainStep(cfg, data, device, plan, timer, ranks)  # builds G, D, optimizers and batches
     G = step_fn.G
     # one latent batch for every sample grid, drawn from its own generator so that writing
     # grids never shifts the training noise
@@ -136,7 +140,10 @@ def train(cfg: TrainApp, run_dir: Path) -> dict[str, Any]:
         runtime.set_rng_state(state["rng"], device)
         start = state["step"]
         log.info("resumed from %s at step %d", resume_from, start)
-    write_text(run_dir / "config.yaml", OmegaConf.to_yaml(plain_cfg))  # every check has passed
+    if ranks.rank:  # each rank draws its own noise; rank 0 keeps the single-process stream
+        torch.manual_seed((cfg.seed * 1_000_003 + start) * 1_000_003 + ranks.rank)
+    if main_rank:
+        write_text(run_dir / "config.yaml", OmegaConf.to_yaml(plain_cfg))  # every check has passed
 
     def state_at(step: int) -> dict[str, Any]:
         runtime.synchronize(device)
@@ -160,18 +167,22 @@ def train(cfg: TrainApp, run_dir: Path) -> dict[str, Any]:
             save_scatter(fake, path, real=data.x[:POINTS_PLOTTED], title=f"step {step}")
         tracker.image(step, "samples", path)
 
+    global_batch = batch_size * ranks.world_size
     log.info(
         "training %s on %s (%s) for %d steps, batch %d, %s, %s, accel=%s; run folder %s",
         cfg.model.name, cfg.data.name.value, "x".join(map(str, data.shape)), steps, batch_size,
         runtime.describe(device), precision.value, plan.name, run_dir,
     )
+    if ranks.data_parallel:
+        log.info("data parallel over %d process%s (%s): batch %d per process, %d in all", ranks.world_size,
+                 "es" if ranks.world_size > 1 else "", torch.distributed.get_backend(), batch_size, global_batch)
     for note in plan.notes:
         log.info(note)
     flops_per_step = step_flops(cfg, data.shape)
     peak, peak_source = runtime.peak_flops(device, precision)
-    timing = JsonLines(run_dir / "timing.jsonl")
-    tracker = tracking.make_tracker(cfg.logger, run_dir)
-    metrics_log = JsonLines(run_dir / "metrics.jsonl") if cfg.eval.every else None
+    timing = JsonLines(run_dir / "timing.jsonl") if main_rank else None
+    tracker = tracking.make_tracker(cfg.logger, run_dir if main_rank else None)
+    metrics_log = JsonLines(run_dir / "metrics.jsonl") if cfg.eval.every and main_rank else None
     metrics: Optional[dict[str, Any]] = None
     n_interval = n_timed = 0
     train_s, images_done = 0.0, 0
@@ -179,9 +190,10 @@ def train(cfg: TrainApp, run_dir: Path) -> dict[str, Any]:
     t_interval, pause_s = time.perf_counter(), 0.0
     step = start
     status = "completed"
-    with progress_bar(steps, start) as bar, _CtrlC() as ctrl_c:
+    with progress_bar(steps, start, show=main_rank) as bar, _CtrlC() as ctrl_c:
         while step < steps:
-            if ctrl_c.requested:
+            # ranks stop together: a data-parallel run agrees on Ctrl-C at the interval's sync
+            if ctrl_c.requested and not ranks.data_parallel:
                 status = "interrupted"
                 break
             t_step = time.perf_counter()
@@ -197,12 +209,13 @@ def train(cfg: TrainApp, run_dir: Path) -> dict[str, Any]:
                 runtime.synchronize(device)  # the one sync per interval
                 interval_s = max(time.perf_counter() - t_interval - pause_s, 1e-9)
                 ms = timer.read()
-                loss_d_mean, loss_g_mean = step_fn.take_losses(n_interval)
+                loss_d_mean, loss_g_mean = ranks.mean(list(step_fn.take_losses(n_interval)), device)
                 steps_per_s = n_timed / interval_s
+                (img_per_s,) = ranks.sum([steps_per_s * batch_size], device)  # over every rank
                 row = {
                     "step": step,
                     "elapsed_s": round(time.perf_counter() - t_start, 3),
-                    "img_per_s": round(steps_per_s * batch_size, 1),
+                    "img_per_s": round(img_per_s, 1),
                     "d_step_ms": round(ms.get("d_step", 0.0) / n_interval, 3),
                     "g_step_ms": round(ms.get("g_step", 0.0) / n_interval, 3),
                     "data_ms": round(ms.get("data", 0.0) / n_interval, 3),
@@ -211,33 +224,43 @@ def train(cfg: TrainApp, run_dir: Path) -> dict[str, Any]:
                     "loss_d": loss_d_mean,
                     "loss_g": loss_g_mean,
                 }
-                timing.write(row)
+                if main_rank:
+                    timing.write(row)
                 tracker.scalars(step, row)
                 if n_timed:
                     train_s += interval_s
-                    images_done += n_timed * batch_size
+                    images_done += n_timed * global_batch
                 stats = f"loss_d {loss_d_mean:.3f}  loss_g {loss_g_mean:.3f}  {row['img_per_s']:.0f} img/s"
                 bar.update(step, stats)
                 log.info("step %d/%d  %s  (d %.1f ms, g %.1f ms, data %.1f ms, MFU %.1f%%)", step, steps, stats,
                          row["d_step_ms"], row["g_step_ms"], row["data_ms"], 100 * row["mfu"])
                 if not (math.isfinite(loss_d_mean) and math.isfinite(loss_g_mean)):
-                    timing.close()
+                    if timing:
+                        timing.close()
                     tracker.close()
                     raise GancliError(
                         f"the losses became non-finite by step {step} (loss_d {loss_d_mean}, loss_g {loss_g_mean}); "
                         "lower optimizer.lr or use precision=fp32"
                     )
                 n_interval = n_timed = 0
+                if ranks.data_parallel and ranks.any(ctrl_c.requested, device):
+                    status = "interrupted"
+                    break
                 t_interval, pause_s = time.perf_counter(), 0.0
 
             t_write = time.perf_counter()  # writing files is kept out of the interval's time
-            if cfg.train.sample_every and step % cfg.train.sample_every == 0:
+            sample_now = cfg.train.sample_every and step % cfg.train.sample_every == 0
+            ckpt_now = cfg.train.ckpt_every and step % cfg.train.ckpt_every == 0
+            eval_now = cfg.eval.every and step % cfg.eval.every == 0
+            if sample_now or ckpt_now or eval_now:
+                ranks.average_buffers(G, step_fn.D)  # one set of batch-norm statistics to save and sample with
+            if sample_now and main_rank:
                 write_samples(step)
-            if cfg.train.ckpt_every and step % cfg.train.ckpt_every == 0:
+            if ckpt_now and main_rank:
                 state = state_at(step)
                 checkpoint.save(state, ckpt_dir / f"step_{step:06d}.pt")
                 checkpoint.save(state, ckpt_dir / "last.pt")
-            if cfg.eval.every and step % cfg.eval.every == 0:
+            if eval_now and main_rank:
                 fake = generate(G, cfg.eval.n, device, cfg.seed)
                 metrics = {"step": step, **evaluate(fake, data, cfg.data, device, cfg.seed, cfg.eval.cache_dir,
                                                    cfg.eval.inception_weights)}
@@ -246,12 +269,18 @@ def train(cfg: TrainApp, run_dir: Path) -> dict[str, Any]:
                 log.info("step %d metrics: %s", step, ", ".join(
                     f"{k} {v:.4g}" for k, v in metrics.items() if isinstance(v, (int, float)) and k != "step"))
             pause_s += time.perf_counter() - t_write
-    timing.close()
+    if timing:
+        timing.close()
     if metrics_log:
         metrics_log.close()
 
     if step == start and resume_from is not None and status == "completed":
         log.info("the checkpoint is already at step %d of %d: nothing to train", step, steps)
+    ranks.average_buffers(G, step_fn.D)
+    checksums = ranks.checksums(G, step_fn.D)
+    if not main_rank:
+        return {"status": status, "steps": step, "loss_d": loss_d_mean, "loss_g": loss_g_mean,
+                "objective": objective({"loss_g": loss_g_mean})}
     checkpoint.save(state_at(step), ckpt_dir / "last.pt")
     if not (samples_dir / f"step_{step:06d}.png").exists():
         write_samples(step)
@@ -265,7 +294,7 @@ def train(cfg: TrainApp, run_dir: Path) -> dict[str, Any]:
         "train_s": round(train_s, 3),
         "setup_s": round(step_fn.setup_s, 3),  # compilation and graph capture, outside img/s
         "img_per_s": round(img_per_s, 1) if img_per_s else None,
-        "mfu": round(flops_per_step * img_per_s / batch_size / peak, 5) if img_per_s else None,
+        "mfu": round(flops_per_step * img_per_s / global_batch / peak, 5) if img_per_s else None,
         "flops_per_step": flops_per_step,
         "peak_flops": peak,
         "peak_flops_source": peak_source,
@@ -274,7 +303,10 @@ def train(cfg: TrainApp, run_dir: Path) -> dict[str, Any]:
         "metrics": metrics,  # the last evaluation, when eval.every is on
         "model": cfg.model.name,
         "data": cfg.data.name.value,
-        "batch_size": batch_size,
+        "batch_size": batch_size,  # per process
+        "world_size": ranks.world_size,
+        "global_batch_size": global_batch,
+        "replica_checksums": checksums if ranks.data_parallel else None,  # equal when every rank agrees
         "device": runtime.describe(device),
         "precision": precision.value,
         "accel": plan.used(),

@@ -116,6 +116,21 @@ def test_batches_cover_each_epoch_once_and_depend_only_on_the_index():
     assert not torch.equal(batches(0), batches(3))  # a new permutation next epoch
 
 
+def test_ranks_take_disjoint_slices_of_the_single_process_global_batch():
+    from gancli.data import Data
+
+    x = torch.arange(20, dtype=torch.float32)[:, None].repeat(1, 2)
+    cpu = torch.device("cpu")
+    whole = Batches(Data(x=x), batch_size=6, seed=3, device=cpu)  # one process, the global batch
+    ranks = [Batches(Data(x=x), batch_size=2, seed=3, device=cpu, rank=r, world_size=3) for r in range(3)]
+    for k in range(5):  # across an epoch boundary (3 global batches per epoch)
+        slices = [b(k)[:, 0] for b in ranks]
+        assert torch.equal(torch.cat(slices), whole(k)[:, 0])
+        assert len(set(torch.cat(slices).tolist())) == 6
+    with pytest.raises(GancliError, match="x 3 processes"):
+        Batches(Data(x=x), batch_size=8, seed=0, device=cpu, rank=0, world_size=3)
+
+
 def test_batch_larger_than_data():
     from gancli.data import Data
 

@@ -1,0 +1,69 @@
+"""Data-parallel training under torchrun, two processes over gloo on the CPU."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from conftest import TINY, read_json, run_gancli, run_torchrun
+from gancli import checkpoint
+
+
+def timing_rows(run_dir):
+    return [json.loads(line) for line in (run_dir / "timing.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory):
+    """Two processes, 6 steps, Hydra's default run folder: the folder they share."""
+    root = tmp_path_factory.mktemp("ddp")
+    run_torchrun(2, "train", *TINY, cwd=root)
+    return root
+
+
+def test_two_processes_share_one_run_folder_and_stay_in_sync(ddp_run):
+    runs = [p for p in (ddp_run / "outputs").glob("*/*") if p.is_dir()]
+    assert len(runs) == 1  # Hydra made no folder per rank
+    run_dir = runs[0]
+    summary = read_json(run_dir / "summary.json")
+    assert summary["status"] == "completed" and summary["steps"] == 6
+    assert (summary["world_size"], summary["batch_size"], summary["global_batch_size"]) == (2, 16, 32)
+    first, second = summary["replica_checksums"]
+    assert first == second  # every parameter of G and D equal on both ranks
+    # rank 0 alone writes: one log line per event, one timing row per interval
+    log = (run_dir / "train.log").read_text()
+    assert log.count("data parallel over 2 processes (gloo)") == 1
+    assert [row["step"] for row in timing_rows(run_dir)] == [2, 4, 6]
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["last.pt", "step_000003.pt",
+                                                                          "step_000006.pt"]
+
+
+def test_resume_at_a_different_world_size(ddp_run, tmp_path):
+    (run_dir,) = [p for p in (ddp_run / "outputs").glob("*/*") if p.is_dir()]
+    saved = checkpoint.load(run_dir / "checkpoints" / "last.pt")
+    run_gancli("train", *TINY, "train.steps=8", "train.resume=auto", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    summary = read_json(run_dir / "summary.json")
+    assert summary["steps"] == 8 and summary["world_size"] == 1 and summary["resumed_from"].endswith("last.pt")
+    resumed = checkpoint.load(run_dir / "checkpoints" / "last.pt")
+    assert resumed["step"] == 8 and resumed["config"]["model"] == saved["config"]["model"]
+    assert any(not torch.equal(resumed["G"][k], saved["G"][k]) for k in saved["G"])  # it went on training
+
+
+def test_one_process_under_torchrun_trains_the_plain_run_s_model(tmp_path):
+    # DDP over one rank all-reduces nothing away: the same batches, noise and updates
+    run_torchrun(1, "train", *TINY, f"hydra.run.dir={tmp_path / 'ddp'}", cwd=tmp_path)
+    run_gancli("train", *TINY, f"hydra.run.dir={tmp_path / 'plain'}", cwd=tmp_path)
+    ddp, plain = timing_rows(tmp_path / "ddp"), timing_rows(tmp_path / "plain")
+    for key in ("loss_d", "loss_g"):
+        assert [row[key] for row in ddp] == pytest.approx([row[key] for row in plain], rel=1e-5)
+    assert read_json(tmp_path / "ddp" / "summary.json")["world_size"] == 1
+
+
+def test_a_sweep_under_torchrun_is_one_line(tmp_path):
+    torchrun_env = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"}
+    proc = run_gancli("train", "-m", *TINY, "seed=1,2", cwd=tmp_path, check=False, env=torchrun_env)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "gancli: error: torchrun runs one training job: drop -m (to sweep, run torchrun once per job)"]
