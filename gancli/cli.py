@@ -144,12 +144,16 @@ def preflight(module, args: list[str]) -> list:
 
 
 def _expand_sweeps(overrides: list[str]) -> list[list[str]]:
-    """Every combination a basic `-m` sweep would run, as plain override lists."""
+    """Every combination a basic `-m` sweep would run, as plain override lists. An interval
+    (Optuna's `interval(a, b)`) is checked at both ends."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     choices = []
     for override in OverridesParser.create().parse_overrides(overrides):
-        if override.is_sweep_override():
+        if override.is_interval_sweep():
+            key, interval = override.get_key_element(), override.value()
+            choices.append([f"{key}={interval.start}", f"{key}={interval.end}"])
+        elif override.is_sweep_override():
             key = override.get_key_element()
             choices.append([f"{key}={value}" for value in override.sweep_string_iterator()])
         else:

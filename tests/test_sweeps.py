@@ -121,3 +121,10 @@ def test_tensorboard_logger_writes_curves_and_sample_grids(tmp_path):
     assert [e.value for e in events.Scalars("loss_d")] == pytest.approx([row["loss_d"] for row in timing])
     assert {"img_per_s", "mfu", "eval/modes", "eval/reverse_kl"} <= set(tags["scalars"])
     assert [e.step for e in events.Images("samples")] == [3, 6]
+
+
+def test_search_intervals_are_checked_at_both_ends_before_any_trial():
+    search = ["-m", "hparams_search=optuna_lr", "seed=choice(1,2)"]
+    assert len(preflight(gancli.train, [*search, "optimizer.lr=tag(log, interval(1e-5, 1e-3))"])) == 4
+    with pytest.raises(GancliError, match=r"optimizer.lr=-1.0 is not allowed"):
+        preflight(gancli.train, [*search, "optimizer.lr=interval(-1, 1e-3)"])
