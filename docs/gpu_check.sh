@@ -4,7 +4,8 @@
 # 1. gancli bench: DCGAN 64x64 RGB (widths 64, z 100) at batch 64 and 1024, and the seed model at
 #    batch 64, each as baseline / eager / fast in fp32 and bf16, plus torch.compile at batch 64;
 # 2. fast (CUDA graphs) against eager: the same training run both ways, loss trajectories compared;
-# 3. one process under torchrun (NCCL, DistributedDataParallel), the same run, compared with eager.
+# 3. one process under torchrun (NCCL, DistributedDataParallel), the same run, compared with eager;
+# 4. the timing instrumentation's cost: fast bf16 DCGAN-64 at batch 64 with and without its timers.
 # Where hydra is missing (see shared/wheels-gpu), put its wheels in .whl/ beside this checkout first.
 # QUICK=1 shrinks every run to a few steps, to try the script on a CPU.
 set -euo pipefail
@@ -48,3 +49,10 @@ python3 -m torch.distributed.run --standalone --nproc-per-node=1 -m gancli train
   hydra.run.dir="$out/ddp1" "${quick[@]:3}"
 python3 docs/compare_runs.py "$out/eager" "$out/ddp1" | tee "$out/ddp1_vs_eager.txt" \
   || echo "the torchrun run differs from eager beyond the tolerance"
+
+# instrumentation overhead, where a step is shortest and so the share largest
+overhead=(--rounds 5)
+if [ "${QUICK:-0}" = 1 ]; then overhead=(--rounds 1 --steps 2 device=cpu); fi
+echo "+ python3 docs/overhead.py model=dcgan data.image_size=64 data.channels=3 data.n=8192 train.batch_size=64 precision=bf16 accel=fast" | tee -a "$out/commands.txt"
+python3 docs/overhead.py model=dcgan data.image_size=64 data.channels=3 data.n=8192 train.batch_size=64 \
+  precision=bf16 accel=fast "${overhead[@]}" | tee "$out/overhead.txt"

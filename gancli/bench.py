@@ -95,8 +95,10 @@ def bench(cfg: BenchApp, run_dir: Path, overrides: list[str]) -> list[dict[str, 
     return rows
 
 
-def time_variant(cfg: BenchApp, warmup: int, steps: int, repeats: int, data_cache: dict) -> dict[str, Any]:
-    """Median time of `repeats` runs of `steps` training steps, after untimed warm-up steps."""
+def time_variant(cfg: BenchApp, warmup: int, steps: int, repeats: int, data_cache: dict,
+                 timer_cls: type = SectionTimer) -> dict[str, Any]:
+    """Median time of `repeats` runs of `steps` training steps, after untimed warm-up steps.
+    `timer_cls` times the step's sections as training does (NullTimer: not at all)."""
     device = train.check(cfg)
     precision = cfg.precision.name
     runtime.configure_backends(device, precision)
@@ -110,7 +112,8 @@ def time_variant(cfg: BenchApp, warmup: int, steps: int, repeats: int, data_cach
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
-    step_fn = TrainStep(cfg, data, device, plan, SectionTimer(device))
+    timer = timer_cls(device)
+    step_fn = TrainStep(cfg, data, device, plan, timer)
     k = 0
     for _ in range(max(warmup, plan.warmup_steps + 2)):  # graphs need their warm-up and capture
         step_fn(k)
@@ -123,6 +126,7 @@ def time_variant(cfg: BenchApp, warmup: int, steps: int, repeats: int, data_cach
             step_fn(k)
             k += 1
         runtime.synchronize(device)
+        timer.read()  # what training does once per log interval
         times.append((time.perf_counter() - t0) / steps)
     loss_d, loss_g = step_fn.take_losses(k)
     seconds = statistics.median(times)

@@ -41,6 +41,15 @@ class SectionTimer:
         return totals
 
 
+class NullTimer(SectionTimer):
+    """Times nothing: the reference against which SectionTimer's own cost is measured."""
+
+    _none = contextlib.nullcontext()
+
+    def section(self, name: str) -> contextlib.AbstractContextManager:  # type: ignore[override]
+        return self._none
+
+
 class JsonLines:
     """Appends one JSON object per line, flushed so a crash keeps what came before."""
 
