@@ -352,9 +352,19 @@ def _label(row: dict[str, Any]) -> str:
 
 
 def _table(rows: list[dict[str, Any]], columns: list[str], base: Path, shared: list[str]) -> Table:
+    # a metric every run shares (the real-data floor, the classifier's accuracy) goes under the
+    # table, and an empty notes column is left out, so the columns that differ stay readable
+    constant = [c for c in columns if c not in COLUMNS and c != "notes" and len(rows) > 1
+                and rows[0][c] is not None and all(row[c] == rows[0][c] for row in rows)]
+    captions = [f"every run also has: {' '.join(shared)}"] if shared else []
+    if constant:
+        captions.append("and the same " + ", ".join(f"{c} {_cell(rows[0], c)}" for c in constant))
     table = Table(title=f"gancli report: {len(rows)} run{'s' if len(rows) != 1 else ''} in {base}",
-                  caption=f"every run also has: {' '.join(shared)}" if shared else None)
-    shown = [c for c in columns if c != "target_steps"]  # steps reads 6/10 instead
+                  caption=escape("; ".join(captions)) if captions else None)
+    hidden = {"target_steps", *constant}  # steps reads 6/10 instead of a target column
+    if all(row["notes"] is None for row in rows):
+        hidden.add("notes")
+    shown = [c for c in columns if c not in hidden]
     for column in shown:
         left = column in ("run", "overrides", "status", "notes")
         table.add_column(_HEADERS.get(column, column), justify="left" if left else "right", overflow="fold")
@@ -406,6 +416,9 @@ def plot_runs(runs: list[Run], labels: list[str], out: Path) -> list[str]:
 
     evaluations = [run.evaluations for run in runs]
     metrics = list(dict.fromkeys(k for rows in evaluations for row in rows for k in row if k != "step"))
+    # reference values that never change (the real-data floor, the class count) are not curves
+    varying = [m for m in metrics if len({row[m] for rows in evaluations for row in rows if m in row}) > 1]
+    metrics = varying or metrics
     if metrics:
         ncols = min(3, len(metrics))
         nrows = math.ceil(len(metrics) / ncols)
