@@ -52,6 +52,9 @@ def resolve_device(cfg: DeviceConfig) -> torch.device:
         index = cfg.index
         if index is None:  # under torchrun, each process takes the GPU of its local rank
             index = _local_rank() if launched() else torch.cuda.current_device()
+            if index >= count:
+                raise GancliError(f"torchrun started more processes on this node than the {count} visible CUDA "
+                                  f"GPU(s); use --nproc-per-node={count}")
         if index >= count:
             raise GancliError(f"device.index={index} but only {count} CUDA GPU(s) are visible (0..{count - 1})")
         return torch.device("cuda", index)

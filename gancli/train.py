@@ -190,7 +190,7 @@ def train(cfg: TrainApp, run_dir: Path) -> dict[str, Any]:
     t_interval, pause_s = time.perf_counter(), 0.0
     step = start
     status = "completed"
-    with progress_bar(steps, start, show=main_rank) as bar, _CtrlC() as ctrl_c:
+    with progress_bar(steps, start, show=main_rank) as bar, _CtrlC(repeat_quits=not ranks.data_parallel) as ctrl_c:
         while step < steps:
             # ranks stop together: a data-parallel run agrees on Ctrl-C at the interval's sync
             if ctrl_c.requested and not ranks.data_parallel:
@@ -357,9 +357,14 @@ def _check_resumable(state: dict[str, Any], plain_cfg: dict[str, Any], path: Pat
 
 
 class _CtrlC:
-    """The first Ctrl-C asks the loop to stop after the current step and save; a second one quits."""
+    """The first Ctrl-C asks the loop to stop after the current step and save; a second one quits,
+    unless `repeat_quits` is off: torchrun passes the terminal's Ctrl-C on to its workers, who have
+    already had it, and they must still reach the interval where all ranks stop together."""
 
     requested = False
+
+    def __init__(self, repeat_quits: bool = True):
+        self.repeat_quits = repeat_quits
 
     def __enter__(self) -> "_CtrlC":
         try:
@@ -369,10 +374,15 @@ class _CtrlC:
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
-        if self.requested:
+        if self.requested and self.repeat_quits:
             raise KeyboardInterrupt
+        if self.requested:
+            return
         self.requested = True
-        log.warning("Ctrl-C: stopping after this step and saving a checkpoint (press again to quit at once)")
+        if self.repeat_quits:
+            log.warning("Ctrl-C: stopping after this step and saving a checkpoint (press again to quit at once)")
+        else:
+            log.warning("Ctrl-C: every rank stops at the next log interval, and a checkpoint is saved")
 
     def __exit__(self, *exc: Any) -> None:
         if self._previous is not None:

@@ -67,3 +67,34 @@ def test_a_sweep_under_torchrun_is_one_line(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "gancli: error: torchrun runs one training job: drop -m (to sweep, run torchrun once per job)"]
+
+
+def test_each_torchrun_process_takes_its_local_gpu(monkeypatch):
+    from gancli.config import DeviceConfig, DeviceType
+    from gancli.errors import GancliError
+    from gancli.runtime import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert resolve_device(DeviceConfig(type=DeviceType.cuda)) == torch.device("cuda", 1)
+    assert resolve_device(DeviceConfig(type=DeviceType.auto)) == torch.device("cuda", 1)
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    with pytest.raises(GancliError, match="--nproc-per-node=2"):
+        resolve_device(DeviceConfig(type=DeviceType.cuda))
+
+
+def test_a_repeated_ctrl_c_quits_at_once_only_outside_torchrun():
+    from gancli.train import _CtrlC
+
+    alone = _CtrlC()
+    alone._handle(2, None)
+    with pytest.raises(KeyboardInterrupt):
+        alone._handle(2, None)
+    rank = _CtrlC(repeat_quits=False)  # torchrun sends its workers the terminal's Ctrl-C again
+    rank._handle(2, None)
+    rank._handle(2, None)
+    assert rank.requested
