@@ -327,16 +327,13 @@ class Ranks:
 
     rank: int = 0
     world_size: int = 1
+    data_parallel: bool = False  # a process group is up (one torchrun process counts too)
 
     @classmethod
     def current(cls) -> "Ranks":
         if dist.is_available() and dist.is_initialized():
-            return cls(dist.get_rank(), dist.get_world_size())
+            return cls(dist.get_rank(), dist.get_world_size(), data_parallel=True)
         return cls()
-
-    @property
-    def data_parallel(self) -> bool:
-        return dist.is_available() and dist.is_initialized()
 
     @property
     def is_main(self) -> bool:
@@ -365,11 +362,10 @@ class Ranks:
         return t.tolist()
 
     def mean(self, values: list[float], device: torch.device) -> list[float]:
-        return [v / self.world_size for v in self._reduce(values, device, dist.ReduceOp.SUM)] \
-            if self.data_parallel else values
+        return [v / self.world_size for v in self._reduce(values, device, dist.ReduceOp.SUM)]
 
     def sum(self, values: list[float], device: torch.device) -> list[float]:
-        return self._reduce(values, device, dist.ReduceOp.SUM) if self.data_parallel else values
+        return self._reduce(values, device, dist.ReduceOp.SUM)
 
     def any(self, flag: bool, device: torch.device) -> bool:
         return bool(self._reduce([float(flag)], device, dist.ReduceOp.MAX)[0])
@@ -393,7 +389,7 @@ class Ranks:
                                                             dtype=torch.float64)).sum()) for p in params)
         if not self.data_parallel:
             return [local]
-        out = [None] * self.world_size
+        out: list = [None] * self.world_size
         dist.all_gather_object(out, local)
         return out
 

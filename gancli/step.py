@@ -72,7 +72,7 @@ class TrainStep:
     def __init__(self, cfg: TrainApp, data: Data, device: torch.device, plan: AccelPlan, timer: SectionTimer,
                  ranks: Optional[Ranks] = None):
         ranks = ranks or Ranks()  # rank 0 of 1: no data parallelism
-        self.device, self.plan, self.timer, self.ranks = device, plan, timer, ranks
+        self.device, self.plan, self.timer = device, plan, timer
         self.precision = cfg.precision.name
         self.batch_size, self.d_steps = cfg.train.batch_size, cfg.train.d_steps
         self.d_loss_fn, self.g_loss_fn = LOSSES[cfg.loss.name]

@@ -277,7 +277,7 @@ def train(cfg: TrainApp, run_dir: Path) -> dict[str, Any]:
     if step == start and resume_from is not None and status == "completed":
         log.info("the checkpoint is already at step %d of %d: nothing to train", step, steps)
     ranks.average_buffers(G, step_fn.D)
-    checksums = ranks.checksums(G, step_fn.D)
+    checksums = ranks.checksums(G, step_fn.D) if ranks.data_parallel else None  # equal when every rank agrees
     if not main_rank:
         return {"status": status, "steps": step, "loss_d": loss_d_mean, "loss_g": loss_g_mean,
                 "objective": objective({"loss_g": loss_g_mean})}
@@ -306,7 +306,7 @@ def train(cfg: TrainApp, run_dir: Path) -> dict[str, Any]:
         "batch_size": batch_size,  # per process
         "world_size": ranks.world_size,
         "global_batch_size": global_batch,
-        "replica_checksums": checksums if ranks.data_parallel else None,  # equal when every rank agrees
+        "replica_checksums": checksums,
         "device": runtime.describe(device),
         "precision": precision.value,
         "accel": plan.used(),
