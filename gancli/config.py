@@ -350,7 +350,8 @@ def register() -> None:
     cs.store(name="bench_schema", node=BenchApp)
     cs.store(name="eval_schema", node=EvalApp)
     for name, schema in MODEL_SCHEMAS.items():
-        cs.store(group="model", name=f"{name}_schema", node=schema)
+        # kept out of the model group, so that `--help` lists only the models
+        cs.store(name=f"model_{name}_schema", node=schema)
 
 
 def to_typed(cfg: DictConfig) -> Any:

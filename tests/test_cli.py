@@ -150,6 +150,14 @@ def test_installed_console_script(tmp_path):
     assert proc.returncode == 0 and "train" in proc.stdout and "sample" in proc.stdout
 
 
+def test_train_help_lists_the_groups_and_only_real_options(tmp_path):
+    proc = run_gancli("train", "--help", cwd=tmp_path)
+    section = proc.stdout.split("== Configuration groups ==")[1].split("== Config ==")[0]
+    groups = dict(line.split(": ", 1) for line in section.splitlines() if ": " in line and "(" not in line)
+    assert groups["model"] == "dcgan, mlp, seed"  # the typed schemas behind them are not options
+    assert groups["logger"] == "none, tensorboard" and groups["hparams_search"] == "optuna_lr"
+
+
 def test_ctrl_c_saves_a_checkpoint_and_the_run_resumes(tmp_path):
     import os
     import signal
