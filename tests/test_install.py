@@ -16,7 +16,11 @@ def test_installed_package_ships_its_configs(tmp_path):
         [sys.executable, "-m", "pip", "install", "-q", "--no-deps", *isolation, "--target", str(target), str(ROOT)],
         check=True, capture_output=True, text=True,
     )
-    assert (target / "gancli" / "configs" / "train.yaml").is_file()
+    def yaml_files(root: Path) -> list[Path]:
+        return sorted(p.relative_to(root) for p in root.rglob("*.yaml"))
+
+    # every config ships: a new config folder must be added to pyproject.toml's packages
+    assert yaml_files(target / "gancli" / "configs") == yaml_files(ROOT / "configs")
     assert (target / "gancli" / "configs" / "model" / "seed.yaml").is_file()
 
     elsewhere = tmp_path / "elsewhere"
