@@ -63,11 +63,11 @@ def main(argv: Optional[list[str]] = None) -> None:
     if command == "bench":  # its matrix keys take comma lists without -m
         rest = module.split_axes(rest)
     rest = [part for arg in rest for part in _device_index(arg)]
-    checked = None
+    torchrun = command == "train" and "RANK" in os.environ  # one of the processes torchrun started
     if not any(arg.split("=")[0] in _NO_PREFLIGHT for arg in rest):
         try:
             checked = preflight(module, rest)
-            if command == "train" and "RANK" in os.environ:  # started by torchrun
+            if torchrun:
                 rest = join_process_group(rest, checked)
         except GancliError as exc:
             _fail(str(exc))
@@ -78,7 +78,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         print("gancli: interrupted", file=sys.stderr)
         sys.exit(130)
     finally:
-        if checked is not None and command == "train":
+        if torchrun:
             from gancli.runtime import close_distributed
 
             close_distributed()
