@@ -226,6 +226,13 @@ def _folder(cfg: DataConfig) -> tuple[torch.Tensor, None]:
     return torch.stack(images), None
 
 
+def _check_batch(batch_size: int, world_size: int, n: int) -> None:
+    """One step's batch, over every process, must fit in the data set."""
+    if batch_size * world_size > n:
+        per_step = f" x {world_size} processes = {batch_size * world_size}" if world_size > 1 else ""
+        raise GancliError(f"train.batch_size={batch_size}{per_step} is larger than the data set ({n} samples)")
+
+
 class Batches:
     """Batch k of a shuffled pass over the data, a fresh permutation per epoch.
 
@@ -239,9 +246,7 @@ class Batches:
     def __init__(self, data: Data, batch_size: int, seed: int, device: torch.device, max_device_bytes: int = 2**31,
                  rank: int = 0, world_size: int = 1):
         n = len(data.x)
-        if batch_size * world_size > n:
-            raise GancliError(f"train.batch_size={batch_size} x {world_size} processes is larger than the data set "
-                              f"({n} samples)")
+        _check_batch(batch_size, world_size, n)
         on_device = data.x.numel() * data.x.element_size() <= max_device_bytes
         self.x = data.x.to(device) if on_device else data.x
         self.device = device
@@ -271,9 +276,7 @@ class LoaderBatches:
                  world_size: int = 1):
         from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
-        if batch_size * world_size > len(data.x):
-            raise GancliError(f"train.batch_size={batch_size} x {world_size} processes is larger than the data set "
-                              f"({len(data.x)} samples)")
+        _check_batch(batch_size, world_size, len(data.x))
         dataset = TensorDataset(to_model(data.x))  # floats in host memory, as the usual loop has them
         # data-parallel, the usual way: a DistributedSampler gives each rank its shard per epoch
         self.sampler = DistributedSampler(dataset, world_size, rank, shuffle=True, seed=seed, drop_last=True) \

@@ -127,7 +127,7 @@ def test_ranks_take_disjoint_slices_of_the_single_process_global_batch():
         slices = [b(k)[:, 0] for b in ranks]
         assert torch.equal(torch.cat(slices), whole(k)[:, 0])
         assert len(set(torch.cat(slices).tolist())) == 6
-    with pytest.raises(GancliError, match="x 3 processes"):
+    with pytest.raises(GancliError, match=r"train.batch_size=8 x 3 processes = 24 is larger"):
         Batches(Data(x=x), batch_size=8, seed=0, device=cpu, rank=0, world_size=3)
 
 
