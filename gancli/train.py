@@ -64,7 +64,7 @@ def main(cfg: DictConfig) -> Optional[float]:
     if summary["status"] == "interrupted":
         if in_sweep:  # Ctrl-C ends the whole sweep, not just this job
             raise KeyboardInterrupt
-        sys.exit(130)
+        sys.exit(128 + signal.Signals[summary.get("stopped_by") or "SIGINT"])  # the shell's convention: 130, 143
     return summary["objective"]["value"]
 
 
@@ -190,10 +190,10 @@ def train(cfg: TrainApp, run_dir: Path) -> dict[str, Any]:
     t_interval, pause_s = time.perf_counter(), 0.0
     step = start
     status = "completed"
-    with progress_bar(steps, start, show=main_rank) as bar, _CtrlC(repeat_quits=not ranks.data_parallel) as ctrl_c:
+    with progress_bar(steps, start, show=main_rank) as bar, _StopSignals(repeat_quits=not ranks.data_parallel) as stop:
         while step < steps:
-            # ranks stop together: a data-parallel run agrees on Ctrl-C at the interval's sync
-            if ctrl_c.requested and not ranks.data_parallel:
+            # ranks stop together: a data-parallel run agrees on stopping at the interval's sync
+            if stop.requested and not ranks.data_parallel:
                 status = "interrupted"
                 break
             t_step = time.perf_counter()
@@ -243,7 +243,7 @@ def train(cfg: TrainApp, run_dir: Path) -> dict[str, Any]:
                         "lower optimizer.lr or use precision=fp32"
                     )
                 n_interval = n_timed = 0
-                if ranks.data_parallel and ranks.any(ctrl_c.requested, device):
+                if ranks.data_parallel and ranks.any(stop.requested, device):
                     status = "interrupted"
                     break
                 t_interval, pause_s = time.perf_counter(), 0.0
@@ -288,6 +288,7 @@ def train(cfg: TrainApp, run_dir: Path) -> dict[str, Any]:
     img_per_s = images_done / train_s if train_s > 0 else None
     summary = {
         "status": status,
+        "stopped_by": signal.Signals(stop.signum).name if status == "interrupted" and stop.signum else None,
         "steps": step,
         "target_steps": steps,
         "wall_s": round(time.perf_counter() - t_start, 3),
@@ -356,34 +357,41 @@ def _check_resumable(state: dict[str, Any], plain_cfg: dict[str, Any], path: Pat
         raise GancliError(f"cannot resume from {path}: it lacks {', '.join(missing)}")
 
 
-class _CtrlC:
-    """The first Ctrl-C asks the loop to stop after the current step and save; a second one quits,
-    unless `repeat_quits` is off: torchrun passes the terminal's Ctrl-C on to its workers, who have
-    already had it, and they must still reach the interval where all ranks stop together."""
+class _StopSignals:
+    """Ctrl-C (SIGINT) or SIGTERM (a SLURM time limit or preemption, `kill`) asks the loop to stop
+    after the current step and save. A second Ctrl-C quits at once, unless `repeat_quits` is off:
+    torchrun passes the terminal's Ctrl-C on to its workers, who have already had it, and they must
+    still reach the interval where all ranks stop together."""
 
     requested = False
+    signum = 0  # the signal that asked
 
     def __init__(self, repeat_quits: bool = True):
         self.repeat_quits = repeat_quits
+        self._previous: dict[int, Any] = {}
 
-    def __enter__(self) -> "_CtrlC":
-        try:
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-        except ValueError:  # not the main thread: leave signals alone
-            self._previous = None
+    def __enter__(self) -> "_StopSignals":
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[signum] = signal.signal(signum, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
-        if self.requested and self.repeat_quits:
-            raise KeyboardInterrupt
         if self.requested:
+            if signum == signal.SIGINT and self.repeat_quits:
+                raise KeyboardInterrupt
             return
-        self.requested = True
-        if self.repeat_quits:
+        self.requested, self.signum = True, signum
+        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        if not self.repeat_quits:
+            log.warning("%s: every rank stops at the next log interval, and a checkpoint is saved", name)
+        elif signum == signal.SIGINT:
             log.warning("Ctrl-C: stopping after this step and saving a checkpoint (press again to quit at once)")
         else:
-            log.warning("Ctrl-C: every rank stops at the next log interval, and a checkpoint is saved")
+            log.warning("%s: stopping after this step and saving a checkpoint", name)
 
     def __exit__(self, *exc: Any) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)

@@ -1,6 +1,7 @@
 """The real `gancli` entry points, run tiny on the CPU in subprocesses."""
 
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -158,9 +159,9 @@ def test_train_help_lists_the_groups_and_only_real_options(tmp_path):
     assert groups["logger"] == "none, tensorboard" and groups["hparams_search"] == "optuna_lr"
 
 
-def test_ctrl_c_saves_a_checkpoint_and_the_run_resumes(tmp_path):
+@pytest.mark.parametrize("signum,exit_code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ctrl_c_or_sigterm_saves_a_checkpoint_and_the_run_resumes(tmp_path, signum, exit_code):
     import os
-    import signal
 
     run = tmp_path / "run"
     args = [sys.executable, "-m", "gancli", "train", *[a for a in TINY if not a.startswith(("train.steps", "train.log"))],
@@ -170,11 +171,12 @@ def test_ctrl_c_saves_a_checkpoint_and_the_run_resumes(tmp_path):
     for line in proc.stdout:  # wait until training is under way
         if "step 3/" in line:
             break
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     output = proc.communicate(timeout=120)[0]
-    assert proc.returncode == 130, output
+    assert proc.returncode == exit_code, output
     summary = read_json(run / "summary.json")
     assert summary["status"] == "interrupted" and summary["steps"] >= 3
+    assert summary["stopped_by"] == signal.Signals(signum).name
     saved = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert saved["step"] == summary["steps"]
     assert "train.resume=auto" in output and "Traceback" not in output

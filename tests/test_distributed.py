@@ -88,13 +88,19 @@ def test_each_torchrun_process_takes_its_local_gpu(monkeypatch):
 
 
 def test_a_repeated_ctrl_c_quits_at_once_only_outside_torchrun():
-    from gancli.train import _CtrlC
+    import signal
 
-    alone = _CtrlC()
-    alone._handle(2, None)
+    from gancli.train import _StopSignals
+
+    alone = _StopSignals()
+    alone._handle(signal.SIGINT, None)
     with pytest.raises(KeyboardInterrupt):
-        alone._handle(2, None)
-    rank = _CtrlC(repeat_quits=False)  # torchrun sends its workers the terminal's Ctrl-C again
-    rank._handle(2, None)
-    rank._handle(2, None)
-    assert rank.requested
+        alone._handle(signal.SIGINT, None)
+    rank = _StopSignals(repeat_quits=False)  # torchrun sends its workers the terminal's Ctrl-C again
+    rank._handle(signal.SIGINT, None)
+    rank._handle(signal.SIGINT, None)
+    assert rank.requested and rank.signum == signal.SIGINT
+    terminated = _StopSignals()  # SIGTERM (SLURM's time limit) never quits before the save
+    terminated._handle(signal.SIGTERM, None)
+    terminated._handle(signal.SIGTERM, None)
+    assert terminated.requested and terminated.signum == signal.SIGTERM
