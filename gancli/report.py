@@ -44,7 +44,7 @@ out=DIR (default: the one folder given, or the current directory for several).
 """
 # before the metric columns; `notes` comes last
 COLUMNS = ["run", "overrides", "status", "steps", "target_steps", "wall_s", "img_per_s", "loss_d", "loss_g"]
-_HEADERS = {"steps": "steps", "wall_s": "wall s", "img_per_s": "img/s"}
+_HEADERS = {"wall_s": "wall s", "img_per_s": "img/s"}
 _STATUS_STYLE = {"completed": "green", "interrupted": "yellow", "incomplete": "yellow", "failed": "red",
                  "broken": "bold red"}
 _MAX_LEGEND = 12  # runs; a bigger sweep's plots go without a legend

@@ -354,21 +354,13 @@ class Ranks:
             else "broadcast_buffers"
         return ddp(module, device_ids=ids, **{no_sync: False})
 
-    def _reduce(self, values: list[float], device: torch.device, op: "dist.ReduceOp") -> list[float]:
+    def sum(self, values: list[float], device: torch.device) -> list[float]:
+        """Each value summed over the ranks, in one all-reduce."""
         if not self.data_parallel:
             return values
         t = torch.tensor(values, dtype=torch.float64, device=device)
-        dist.all_reduce(t, op=op)
+        dist.all_reduce(t)
         return t.tolist()
-
-    def mean(self, values: list[float], device: torch.device) -> list[float]:
-        return [v / self.world_size for v in self._reduce(values, device, dist.ReduceOp.SUM)]
-
-    def sum(self, values: list[float], device: torch.device) -> list[float]:
-        return self._reduce(values, device, dist.ReduceOp.SUM)
-
-    def any(self, flag: bool, device: torch.device) -> bool:
-        return bool(self._reduce([float(flag)], device, dist.ReduceOp.MAX)[0])
 
     def average_buffers(self, *modules: nn.Module) -> None:
         """Replace each floating buffer (batch-norm running statistics) by its mean over ranks."""

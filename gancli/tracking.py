@@ -41,7 +41,7 @@ class TensorBoard(Tracker):
 
     def scalars(self, step: int, values: dict[str, Any], prefix: str = "") -> None:
         for key, value in values.items():
-            # only finite-or-not numbers: protocol strings and nested dicts are not curves
+            # numbers only: protocol strings and nested dicts are not curves
             if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "step":
                 self.writer.add_scalar(f"{prefix}{key}", value, step)
 

@@ -209,9 +209,11 @@ def train(cfg: TrainApp, run_dir: Path) -> dict[str, Any]:
                 runtime.synchronize(device)  # the one sync per interval
                 interval_s = max(time.perf_counter() - t_interval - pause_s, 1e-9)
                 ms = timer.read()
-                loss_d_mean, loss_g_mean = ranks.mean(list(step_fn.take_losses(n_interval)), device)
                 steps_per_s = n_timed / interval_s
-                (img_per_s,) = ranks.sum([steps_per_s * batch_size], device)  # over every rank
+                # one all-reduce per interval in a data-parallel run: losses, img/s and stop requests
+                loss_d_sum, loss_g_sum, img_per_s, stops = ranks.sum(
+                    [*step_fn.take_losses(n_interval), steps_per_s * batch_size, float(stop.requested)], device)
+                loss_d_mean, loss_g_mean = loss_d_sum / ranks.world_size, loss_g_sum / ranks.world_size
                 row = {
                     "step": step,
                     "elapsed_s": round(time.perf_counter() - t_start, 3),
@@ -243,7 +245,7 @@ def train(cfg: TrainApp, run_dir: Path) -> dict[str, Any]:
                         "lower optimizer.lr or use precision=fp32"
                     )
                 n_interval = n_timed = 0
-                if ranks.data_parallel and ranks.any(stop.requested, device):
+                if ranks.data_parallel and stops:
                     status = "interrupted"
                     break
                 t_interval, pause_s = time.perf_counter(), 0.0
