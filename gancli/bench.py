@@ -8,6 +8,7 @@ import importlib.resources
 import logging
 import statistics
 import time
+import traceback
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Optional
@@ -81,18 +82,43 @@ def bench(cfg: BenchApp, run_dir: Path, overrides: list[str]) -> list[dict[str, 
             for accel in cfg.bench.accel:
                 extra = [f"accel={accel}", f"precision={precision}", f"train.batch_size={batch_size}"]
                 variant = to_typed(compose(CONFIG_NAME, overrides=[*overrides, *extra]))
-                rows.append(time_variant(variant, cfg.bench.warmup, cfg.bench.steps, cfg.bench.repeats, data_cache))
+                try:
+                    rows.append(time_variant(variant, cfg.bench.warmup, cfg.bench.steps, cfg.bench.repeats,
+                                             data_cache))
+                except Exception as exc:  # one broken variant (a failed graph capture, say) leaves the rest timed
+                    rows.append(_failed_row(accel, batch_size, precision, exc, run_dir / "bench_errors.txt"))
+                    log.error("%s batch %d %s failed: %s", accel, batch_size, precision, rows[-1]["error"])
+                    continue
                 log.info("%s batch %d %s: %.2f ms/step, %.0f img/s", accel, batch_size, precision,
                          rows[-1]["ms_per_step"], rows[-1]["img_per_s"])
     for row in rows:
         row["speedup"] = _speedup(row, rows)
     write_json(run_dir / "bench.json", rows)
     with atomic(run_dir / "bench.csv") as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        fields = list(dict.fromkeys(key for row in rows for key in row))  # a failed row adds `error`
+        writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
     _print_table(rows, cfg, run_dir)
+    failed = [r for r in rows if r.get("error")]
+    if failed:
+        raise GancliError(f"{len(failed)} of {len(rows)} variants failed (rows marked in bench.json); "
+                          f"tracebacks in {run_dir / 'bench_errors.txt'}")
     return rows
+
+
+def _failed_row(accel: str, batch_size: int, precision: str, exc: Exception, log_file: Path) -> dict[str, Any]:
+    """The row of a variant that raised: no timings, its error, and its traceback appended to `log_file`."""
+    with open(log_file, "a") as f:
+        f.write(f"== {accel} batch {batch_size} {precision}\n")
+        f.write("".join(traceback.format_exception(exc)))
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    message = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return {"variant": accel, "batch_size": batch_size, "precision": precision, "ms_per_step": None,
+            "img_per_s": None, "speedup": None, "mfu": None, "peak_mem_mb": None,
+            "error": f"{type(exc).__name__}: {message}"[:300]}
 
 
 def time_variant(cfg: BenchApp, warmup: int, steps: int, repeats: int, data_cache: dict,
@@ -156,7 +182,10 @@ def time_variant(cfg: BenchApp, warmup: int, steps: int, repeats: int, data_cach
 
 def _speedup(row: dict[str, Any], rows: list[dict[str, Any]]) -> Optional[float]:
     """img/s over `baseline` at the same batch size: its fp32 row if timed, else the same precision."""
-    same_batch = [r for r in rows if r["variant"] == "baseline" and r["batch_size"] == row["batch_size"]]
+    if row["img_per_s"] is None:
+        return None
+    same_batch = [r for r in rows if r["variant"] == "baseline" and r["batch_size"] == row["batch_size"]
+                  and r["img_per_s"] is not None]
     base = next((r for r in same_batch if r["precision"] == "fp32"), None) or next(
         (r for r in same_batch if r["precision"] == row["precision"]), None
     )
@@ -171,7 +200,9 @@ def _print_table(rows: list[dict[str, Any]], cfg: BenchApp, run_dir: Path) -> No
         cells = []
         for column in COLUMNS:
             value = row[column]
-            if value is None:
+            if column == "ms_per_step" and row.get("error"):
+                cells.append("failed")
+            elif value is None:
                 cells.append("-")
             elif column == "mfu":
                 cells.append(f"{100 * value:.1f}%")

@@ -205,3 +205,34 @@ def test_bench_refuses_a_bad_variant_before_timing(tmp_path):
     assert proc.returncode == 2 and "accel=turbo" in proc.stderr and "Traceback" not in proc.stderr
     proc = run_gancli("bench", "precision=fp32,fp16", "device=cpu", cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "fp16" in proc.stderr
+
+
+def test_bench_times_the_rest_when_a_variant_fails(tmp_path, monkeypatch):
+    from hydra import compose, initialize_config_module
+
+    from gancli import bench
+    from gancli.config import to_typed
+    from gancli.errors import GancliError
+
+    real_time_variant = bench.time_variant
+
+    def capture_fails_for_fast(cfg, *args, **kwargs):
+        if cfg.accel.name.value == "fast":
+            raise RuntimeError("CUDA error: operation not permitted when stream is capturing\nmore detail")
+        return real_time_variant(cfg, *args, **kwargs)
+
+    monkeypatch.setattr(bench, "time_variant", capture_fails_for_fast)
+    overrides = ["model=mlp", "model.width=16", "data.n=64", "device=cpu"]
+    with initialize_config_module("gancli.configs", version_base="1.3"):
+        cfg = to_typed(compose("bench", overrides=[*overrides, "bench.accel=[baseline,fast,eager]",
+                                                   "bench.batch_size=[8]", "bench.warmup=1", "bench.steps=1",
+                                                   "bench.repeats=1"]))
+        with pytest.raises(GancliError, match="1 of 3 variants failed"):
+            bench.bench(cfg, tmp_path, overrides)
+    rows = read_json(tmp_path / "bench.json")
+    assert [r["variant"] for r in rows] == ["baseline", "fast", "eager"]
+    assert rows[1]["error"] == "RuntimeError: CUDA error: operation not permitted when stream is capturing"
+    assert rows[1]["ms_per_step"] is None and rows[1]["speedup"] is None
+    assert rows[2]["ms_per_step"] > 0 and rows[2]["speedup"] > 0
+    assert "error" in (tmp_path / "bench.csv").read_text().splitlines()[0]
+    assert "Traceback" in (tmp_path / "bench_errors.txt").read_text()
