@@ -1,58 +1,77 @@
 #!/usr/bin/env bash
 # Every GPU check in one command, for a machine with a CUDA GPU:
 #   bash docs/gpu_check.sh [output folder]
-# 1. gancli bench: DCGAN 64x64 RGB (widths 64, z 100) at batch 64 and 1024, and the seed model at
-#    batch 64, each as baseline / eager / fast in fp32 and bf16, plus torch.compile at batch 64;
-# 2. fast (CUDA graphs) against eager: the same training run both ways, loss trajectories compared;
-# 3. one process under torchrun (NCCL, DistributedDataParallel), the same run, compared with eager;
-# 4. the timing instrumentation's cost: fast bf16 DCGAN-64 at batch 64 with and without its timers.
-# Where hydra is missing (see shared/wheels-gpu), put its wheels in .whl/ beside this checkout first.
+# 1. fast (CUDA graphs) against eager: the same training run both ways, loss trajectories compared;
+# 2. gancli bench: DCGAN 64x64 RGB (widths 64, z 100) at batch 64 and 1024, and the seed model at
+#    batch 64, each as baseline / eager / fast in fp32 and bf16;
+# 3. one process under torchrun (NCCL, DistributedDataParallel), the same run as 1, compared with eager;
+# 4. the timing instrumentation's cost: fast bf16 DCGAN-64 at batch 64 with and without its timers;
+# 5. torch.compile at batch 64 (last: its compile time is the least predictable).
+# Each check runs under its own time limit and the script goes on past a failed one, so one
+# broken piece still leaves the others' figures; the last lines list what failed.
+# Where hydra is missing (see shared/wheels-gpu), put its wheels in .whl/ beside this checkout first
+# (a gancli wheel there too, from `pip wheel --no-deps -w .whl .`, saves building it on the machine).
 # QUICK=1 shrinks every run to a few steps, to try the script on a CPU.
-set -euo pipefail
+set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-${OUT:-gpu_check_out}}"
 mkdir -p "$out"
+export PYTHONUNBUFFERED=1
 if ! python3 -c "import hydra" 2>/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-build-isolation --target /tmp/site .whl/*.whl .
+  if ls .whl/gancli-*.whl >/dev/null 2>&1; then src=(); else src=(.); fi
+  python3 -m pip install -q --no-index --no-deps --no-build-isolation --target /tmp/site .whl/*.whl "${src[@]}" || exit 1
   export PYTHONPATH=/tmp/site PATH=/tmp/site/bin:$PATH
 fi
 {
   date -u +"date: %Y-%m-%dT%H:%M:%SZ"
   python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda); print('device', torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none')"
-  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || true
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv,noheader 2>/dev/null || true
 } | tee "$out/machine.txt"
 
 quick=()
 sizes=64,1024
 steps=400
 if [ "${QUICK:-0}" = 1 ]; then quick=(bench.warmup=1 bench.steps=1 bench.repeats=1 device=cpu); sizes=8,16; steps=20; fi
-bench() { echo "+ gancli bench $*" | tee -a "$out/commands.txt"; gancli bench "$@" "${quick[@]}"; }
-train() { echo "+ gancli train $*" | tee -a "$out/commands.txt"; gancli train "$@" "${quick[@]:3}"; }
+failed=()
+# check NAME SECONDS COMMAND...: run it under a time limit, its output also in $out/NAME.txt
+check() {
+  local name=$1 seconds=$2
+  shift 2
+  echo "+ $*" | tee -a "$out/commands.txt"
+  local t0=$SECONDS
+  timeout --signal=INT --kill-after=20 "$seconds" "$@" 2>&1 | tee "$out/$name.txt"
+  local rc=${PIPESTATUS[0]}
+  echo "= $name: exit $rc after $((SECONDS - t0)) s" | tee -a "$out/commands.txt"
+  [ "$rc" = 0 ] || failed+=("$name (exit $rc)")
+}
 
-bench model=dcgan data=fake data.image_size=64 data.channels=3 data.n=8192 \
-  train.batch_size=$sizes precision=fp32,bf16 accel=baseline,eager,fast hydra.run.dir="$out/bench_dcgan64"
-bench model=seed data=fake data.n=8192 train.batch_size=64 precision=fp32,bf16 accel=baseline,eager,fast \
-  hydra.run.dir="$out/bench_seed"
-bench model=dcgan data=fake data.image_size=64 data.channels=3 data.n=8192 train.batch_size=64 precision=bf16 \
-  accel=eager accel.compile=default hydra.run.dir="$out/bench_compile" || echo "torch.compile variant failed"
-
-# graphs against eager: the same run, 400 steps of DCGAN on the digits, bf16
+# 1. graphs against eager: the same run, 400 steps of DCGAN on the digits, bf16
 common=(data=digits precision=bf16 train.steps=$steps train.log_every=20 train.sample_every=$steps train.ckpt_every=0 seed=1)
-train "${common[@]}" accel=eager hydra.run.dir="$out/eager"
-train "${common[@]}" accel=fast hydra.run.dir="$out/fast"
-python3 docs/compare_runs.py "$out/eager" "$out/fast" | tee "$out/graphs_vs_eager.txt" \
-  || echo "fast differs from eager beyond the tolerance"
+check train_eager 90 gancli train "${common[@]}" accel=eager hydra.run.dir="$out/eager" "${quick[@]:3}"
+check train_fast 90 gancli train "${common[@]}" accel=fast hydra.run.dir="$out/fast" "${quick[@]:3}"
+check graphs_vs_eager 30 python3 docs/compare_runs.py "$out/eager" "$out/fast"
 
-# data parallel over one process: NCCL and DDP on the fast path (graphs stay off under DDP)
-echo "+ torchrun --standalone --nproc-per-node=1 -m gancli train ${common[*]} accel=fast" | tee -a "$out/commands.txt"
-python3 -m torch.distributed.run --standalone --nproc-per-node=1 -m gancli train "${common[@]}" accel=fast \
-  hydra.run.dir="$out/ddp1" "${quick[@]:3}"
-python3 docs/compare_runs.py "$out/eager" "$out/ddp1" | tee "$out/ddp1_vs_eager.txt" \
-  || echo "the torchrun run differs from eager beyond the tolerance"
+# 2. the benchmarks
+check bench_dcgan64 150 gancli bench model=dcgan data=fake data.image_size=64 data.channels=3 data.n=8192 \
+  train.batch_size=$sizes precision=fp32,bf16 accel=baseline,eager,fast hydra.run.dir="$out/bench_dcgan64" "${quick[@]}"
+check bench_seed 60 gancli bench model=seed data=fake data.n=8192 train.batch_size=64 precision=fp32,bf16 \
+  accel=baseline,eager,fast hydra.run.dir="$out/bench_seed" "${quick[@]}"
 
-# instrumentation overhead, where a step is shortest and so the share largest
+# 3. data parallel over one process: NCCL and DDP on the fast path (graphs stay off under DDP);
+#    --no-python runs the installed gancli, not the source folder that `-m` would find first
+check torchrun_1proc 90 python3 -m torch.distributed.run --standalone --nproc-per-node=1 --no-python \
+  gancli train "${common[@]}" accel=fast hydra.run.dir="$out/ddp1" "${quick[@]:3}"
+check ddp1_vs_eager 30 python3 docs/compare_runs.py "$out/eager" "$out/ddp1"
+
+# 4. instrumentation overhead, where a step is shortest and so the share largest
 overhead=(--rounds 5)
 if [ "${QUICK:-0}" = 1 ]; then overhead=(--rounds 1 --steps 2 device=cpu); fi
-echo "+ python3 docs/overhead.py model=dcgan data.image_size=64 data.channels=3 data.n=8192 train.batch_size=64 precision=bf16 accel=fast" | tee -a "$out/commands.txt"
-python3 docs/overhead.py model=dcgan data.image_size=64 data.channels=3 data.n=8192 train.batch_size=64 \
-  precision=bf16 accel=fast "${overhead[@]}" | tee "$out/overhead.txt"
+check overhead 90 python3 docs/overhead.py model=dcgan data.image_size=64 data.channels=3 data.n=8192 \
+  train.batch_size=64 precision=bf16 accel=fast "${overhead[@]}"
+
+# 5. torch.compile on the modules
+check bench_compile 120 gancli bench model=dcgan data=fake data.image_size=64 data.channels=3 data.n=8192 \
+  train.batch_size=64 precision=bf16 accel=eager accel.compile=default hydra.run.dir="$out/bench_compile" "${quick[@]}"
+
+echo "== failed: ${failed[*]:-none}" | tee -a "$out/commands.txt"
+[ ${#failed[@]} = 0 ]
