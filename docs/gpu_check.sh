@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Every GPU check in one command, for a machine with a CUDA GPU:
 #   bash docs/gpu_check.sh [output folder]
-# 1. fast (CUDA graphs) against eager: the same training run both ways, loss trajectories compared;
+# 1. fast (CUDA graphs) against eager: the same training run both ways, with and without
+#    channels_last, evaluated at the end; loss trajectories and metrics compared;
 # 2. gancli bench: DCGAN 64x64 RGB (widths 64, z 100) at batch 64 and 1024, and the seed model at
-#    batch 64, each as baseline / eager / fast in fp32 and bf16;
+#    batch 64, each as baseline / eager / fast in fp32 and bf16; eager and fast again with channels_last;
 # 3. one process under torchrun (NCCL, DistributedDataParallel), the same run as 1, compared with eager;
 # 4. the timing instrumentation's cost: fast bf16 DCGAN-64 at batch 64 with and without its timers;
 # 5. torch.compile at batch 64 (last: its compile time is the least predictable).
@@ -11,7 +12,8 @@
 # broken piece still leaves the others' figures; the last lines list what failed.
 # Where hydra is missing (see shared/wheels-gpu), put its wheels in .whl/ beside this checkout first
 # (a gancli wheel there too, from `pip wheel --no-deps -w .whl .`, saves building it on the machine).
-# QUICK=1 shrinks every run to a few steps, to try the script on a CPU.
+# QUICK=1 shrinks every run to a few steps, to try the script on a CPU; ONLY="name name ..." runs
+# just the checks named (the names are the first argument of each `check` below).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-${OUT:-gpu_check_out}}"
@@ -37,6 +39,7 @@ failed=()
 check() {
   local name=$1 seconds=$2
   shift 2
+  if [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $name "* ]]; then return; fi
   echo "+ $*" | tee -a "$out/commands.txt"
   local t0=$SECONDS
   timeout --signal=INT --kill-after=20 "$seconds" "$@" 2>&1 | tee "$out/$name.txt"
@@ -46,16 +49,25 @@ check() {
 }
 
 # 1. graphs against eager: the same run, 400 steps of DCGAN on the digits, bf16
-common=(data=digits precision=bf16 train.steps=$steps train.log_every=20 train.sample_every=$steps train.ckpt_every=0 seed=1)
-check train_eager 90 gancli train "${common[@]}" accel=eager hydra.run.dir="$out/eager" "${quick[@]:3}"
+common=(data=digits precision=bf16 train.steps=$steps train.log_every=10 train.sample_every=$steps train.ckpt_every=0
+        eval.every=$steps seed=1)
+check train_eager 120 gancli train "${common[@]}" accel=eager hydra.run.dir="$out/eager" "${quick[@]:3}"
 check train_fast 90 gancli train "${common[@]}" accel=fast hydra.run.dir="$out/fast" "${quick[@]:3}"
 check graphs_vs_eager 30 python3 docs/compare_runs.py "$out/eager" "$out/fast"
+check train_fast_nhwc 90 gancli train "${common[@]}" accel=fast accel.channels_last=true hydra.run.dir="$out/fast_nhwc" \
+  "${quick[@]:3}"
+check nhwc_vs_eager 30 python3 docs/compare_runs.py "$out/eager" "$out/fast_nhwc"
 
 # 2. the benchmarks
 check bench_dcgan64 150 gancli bench model=dcgan data=fake data.image_size=64 data.channels=3 data.n=8192 \
   train.batch_size=$sizes precision=fp32,bf16 accel=baseline,eager,fast hydra.run.dir="$out/bench_dcgan64" "${quick[@]}"
 check bench_seed 60 gancli bench model=seed data=fake data.n=8192 train.batch_size=64 precision=fp32,bf16 \
   accel=baseline,eager,fast hydra.run.dir="$out/bench_seed" "${quick[@]}"
+check bench_dcgan64_nhwc 120 gancli bench model=dcgan data=fake data.image_size=64 data.channels=3 data.n=8192 \
+  train.batch_size=$sizes precision=fp32,bf16 accel=eager,fast accel.channels_last=true \
+  hydra.run.dir="$out/bench_dcgan64_nhwc" "${quick[@]}"
+check bench_seed_nhwc 60 gancli bench model=seed data=fake data.n=8192 train.batch_size=64 precision=fp32,bf16 \
+  accel=eager,fast accel.channels_last=true hydra.run.dir="$out/bench_seed_nhwc" "${quick[@]}"
 
 # 3. data parallel over one process: NCCL and DDP on the fast path (graphs stay off under DDP);
 #    --no-python runs the installed gancli, not the source folder that `-m` would find first

@@ -112,6 +112,8 @@ class TrainStep:
         self._d, self._g = self._d_update, self._g_update
         if plan.cuda_graphs:
             self.static_real = torch.zeros((self.batch_size, *data.shape), device=device)
+            if plan.channels_last:  # copy_ keeps the destination's layout: make it the one D wants
+                self.static_real = self.static_real.contiguous(memory_format=torch.channels_last)
             pool = torch.cuda.graph_pool_handle()  # both graphs share one memory pool
             self._d = GraphedStep(lambda: self._d_update(self.static_real), plan.warmup_steps, pool)
             self._g = GraphedStep(self._g_update, plan.warmup_steps, pool)
