@@ -212,7 +212,8 @@ class AccelConfig:
     dataloader: bool = False  # batches through a torch DataLoader over host memory
     host_syncs: bool = False  # read losses and D's outputs with .item() every step
     fused_optimizer: bool = True  # fused (else foreach) optimizer kernels where the device has them
-    channels_last: bool = False  # NHWC activations for the conv models
+    # NHWC activations for the conv models; null = where measured to help: CUDA in bf16/fp16
+    channels_last: Optional[bool] = False
     cuda_graphs: bool = True  # capture the whole D and G steps as CUDA graphs (CUDA only)
     compile: CompileMode = CompileMode.off  # torch.compile G and D with this mode
     warmup_steps: int = 3  # eager steps before a CUDA graph is captured

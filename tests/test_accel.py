@@ -97,12 +97,34 @@ def test_graphs_planned_on_cuda_bf16():
     assert not plan.channels_last and "channels_last" in plan.notes[-1]
 
 
+@pytest.mark.parametrize(
+    "device,precision,has_convs,expected",
+    [
+        ("cuda", Precision.bf16, True, True),
+        ("cuda", Precision.fp16, True, True),
+        ("cuda", Precision.fp32, True, False),
+        ("cuda", Precision.tf32, True, False),
+        ("cuda", Precision.bf16, False, False),
+        ("cpu", Precision.bf16, True, False),
+        ("mps", Precision.fp16, True, False),
+    ],
+)
+def test_channels_last_left_open_turns_on_where_it_helps(device, precision, has_convs, expected):
+    plan = runtime.plan_accel(AccelConfig(channels_last=None), torch.device(device), precision, has_convs=has_convs)
+    assert plan.channels_last is expected and not any("channels_last" in note for note in plan.notes)
+    forced = runtime.plan_accel(AccelConfig(channels_last=False), torch.device(device), precision, has_convs=has_convs)
+    assert forced.channels_last is False
+
+
 def test_accel_presets():
     baseline = compose_train("accel=baseline").accel
     assert baseline.name is AccelName.baseline and baseline.dataloader and baseline.host_syncs
     assert not (baseline.fused_optimizer or baseline.cuda_graphs)
     fast = compose_train().accel  # the default
     assert fast.name is AccelName.fast and fast.fused_optimizer and fast.cuda_graphs and not fast.host_syncs
+    assert fast.channels_last is None  # decided by plan_accel from the device and precision
+    assert compose_train("accel=eager").accel.channels_last is False
+    assert compose_train("accel.channels_last=true").accel.channels_last is True
     assert compose_train("accel.compile=reduce_overhead").accel.compile is CompileMode.reduce_overhead
 
 
