@@ -134,7 +134,8 @@ def time_variant(cfg: BenchApp, warmup: int, steps: int, repeats: int, data_cach
         data_cache.clear()  # one data set in memory at a time
         data_cache[key] = load_data(cfg.data, cfg.seed)
     data = data_cache[key]
-    plan = runtime.plan_accel(cfg.accel, device, precision, has_convs=cfg.model.name != "mlp")
+    plan = runtime.plan_accel(cfg.accel, device, precision, has_convs=cfg.model.name != "mlp",
+                              double_backward=cfg.loss.r1_gamma > 0)
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)

@@ -188,6 +188,12 @@ class OptimizerConfig:
 @dataclass
 class LossConfig:
     name: LossName = LossName.ns
+    # R1 penalty (Mescheder et al. 2018): gamma/2 * E||grad_x D(x)||^2 at real images, added to
+    # D's loss; 0 = off. It keeps D from growing so sharp that G collapses onto one mode.
+    r1_gamma: float = 0.0
+
+    def __post_init__(self) -> None:
+        _require(self.r1_gamma >= 0, "loss.r1_gamma", self.r1_gamma, "a number >= 0 (0 turns the penalty off)")
 
 
 @dataclass

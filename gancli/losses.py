@@ -28,6 +28,13 @@ def g_loss_minimax(fake_logits: torch.Tensor) -> torch.Tensor:
     return -F.softplus(fake_logits.float()).mean()
 
 
+def r1_penalty(real_logits: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """E ||d logit / d x||^2 over the batch, at the real images `real` (which must require grad
+    and be what `real_logits` came from); differentiable, so D's update can lower it."""
+    (grad,) = torch.autograd.grad(real_logits.float().sum(), real, create_graph=True)  # (B, C, H, W)
+    return grad.float().pow(2).flatten(1).sum(1).mean()
+
+
 Loss = Callable[..., torch.Tensor]
 
 # name -> (discriminator loss, generator loss)

@@ -178,7 +178,7 @@ class AccelPlan:
 
 
 def plan_accel(cfg: AccelConfig, device: torch.device, precision: Precision, has_convs: bool,
-               data_parallel: bool = False) -> AccelPlan:
+               data_parallel: bool = False, double_backward: bool = False) -> AccelPlan:
     """Turn the accel config into the plan this device can run, noting every piece left out."""
     notes = []
     graphs = cfg.cuda_graphs
@@ -197,6 +197,9 @@ def plan_accel(cfg: AccelConfig, device: torch.device, precision: Precision, has
     elif graphs and data_parallel:
         graphs = False
         notes.append("cuda_graphs off: DistributedDataParallel's gradient all-reduce runs outside a graph")
+    elif graphs and double_backward:
+        graphs = False
+        notes.append("cuda_graphs off: the R1 penalty's double backward has not been checked under graph capture")
     channels_last = cfg.channels_last
     if channels_last is None:  # on H200 NHWC made bf16 convolutions up to 1.9x faster, fp32 ones no faster
         channels_last = has_convs and device.type == "cuda" and precision in (Precision.bf16, Precision.fp16)

@@ -17,7 +17,7 @@ from torch import nn
 from gancli import runtime
 from gancli.config import OptimizerConfig, OptimizerName, TrainApp
 from gancli.data import Batches, Data, LoaderBatches
-from gancli.losses import LOSSES
+from gancli.losses import LOSSES, r1_penalty
 from gancli.models import build_models
 from gancli.runtime import AccelPlan, GraphedStep, Ranks
 from gancli.timing import SectionTimer
@@ -52,12 +52,20 @@ def make_optimizer(
         return build(foreach=True, **kernels)
 
 
-def d_forward(G: nn.Module, D: nn.Module, real: torch.Tensor, z: torch.Tensor, d_loss_fn) -> tuple[torch.Tensor, ...]:
-    """D's loss on a real batch and on G(z), G held fixed -> (loss, real logits, fake logits)."""
+def d_forward(G: nn.Module, D: nn.Module, real: torch.Tensor, z: torch.Tensor, d_loss_fn,
+              r1_gamma: float = 0.0) -> tuple[torch.Tensor, ...]:
+    """D's objective on a real batch and on G(z), G held fixed -> (objective, adversarial loss,
+    real logits, fake logits); the objective adds the R1 penalty when `r1_gamma` > 0."""
     with torch.no_grad():
         fake = G(z)
+    if r1_gamma > 0:
+        real_leaf = real.detach().requires_grad_(True)
+        # D gets a view, not the leaf: FlopCounterMode's module hooks refuse a leaf input to autograd.grad
+        real = real_leaf.view_as(real_leaf)
     real_logits, fake_logits = D(real), D(fake)
-    return d_loss_fn(real_logits, fake_logits), real_logits, fake_logits
+    loss = d_loss_fn(real_logits, fake_logits)
+    objective = loss + r1_gamma / 2 * r1_penalty(real_logits, real_leaf) if r1_gamma > 0 else loss
+    return objective, loss, real_logits, fake_logits
 
 
 def g_forward(G: nn.Module, D: nn.Module, z: torch.Tensor, g_loss_fn) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,6 +84,7 @@ class TrainStep:
         self.precision = cfg.precision.name
         self.batch_size, self.d_steps = cfg.train.batch_size, cfg.train.d_steps
         self.d_loss_fn, self.g_loss_fn = LOSSES[cfg.loss.name]
+        self.r1_gamma = cfg.loss.r1_gamma
 
         self.G, self.D = build_models(cfg.model, data.shape)
         self.G.to(device)
@@ -125,9 +134,10 @@ class TrainStep:
         self.D.requires_grad_(True)
         z = torch.randn(self.batch_size, self.G.z_dim, device=self.device)
         with runtime.autocast(self.device, self.precision, cache=not self.plan.cuda_graphs):
-            loss, real_logits, fake_logits = d_forward(self.G_run, self.D_sync, real, z, self.d_loss_fn)
+            objective, loss, real_logits, fake_logits = d_forward(self.G_run, self.D_sync, real, z, self.d_loss_fn,
+                                                                  self.r1_gamma)
         self.opt_d.zero_grad(set_to_none=True)
-        self.scaler_d.scale(loss).backward()
+        self.scaler_d.scale(objective).backward()
         self.scaler_d.step(self.opt_d)
         self.scaler_d.update()
         self.sum_d.add_(loss.detach())
@@ -214,7 +224,7 @@ def step_flops(cfg: TrainApp, shape: tuple) -> int:
         z = torch.empty(batch, G.z_dim)
     with FlopCounterMode(display=False) as counter:
         for _ in range(cfg.train.d_steps):
-            d_forward(G, D, real, z, d_loss_fn)[0].backward()
+            d_forward(G, D, real, z, d_loss_fn, cfg.loss.r1_gamma)[0].backward()
         D.requires_grad_(False)
         g_forward(G, D, z, g_loss_fn)[0].backward()
     return counter.get_total_flops()

@@ -119,7 +119,7 @@ def train(cfg: TrainApp, run_dir: Path) -> dict[str, Any]:
 
     data = load_data(cfg.data, cfg.seed)
     plan = runtime.plan_accel(cfg.accel, device, precision, has_convs=cfg.model.name != "mlp",
-                              data_parallel=ranks.data_parallel)
+                              data_parallel=ranks.data_parallel, double_backward=cfg.loss.r1_gamma > 0)
     timer = SectionTimer(device)
     step_fn = TrainStep(cfg, data, device, plan, timer, ranks)  # builds G, D, optimizers and batches
     G = step_fn.G

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from gancli.config import LossName
-from gancli.losses import LOSSES, d_loss, g_loss_minimax, g_loss_ns
+from gancli.losses import LOSSES, d_loss, g_loss_minimax, g_loss_ns, r1_penalty
 
 
 def test_d_loss_is_binary_cross_entropy_on_logits():
@@ -59,3 +59,17 @@ def test_gradients_push_the_right_way():
     fake = torch.zeros(4, requires_grad=True)
     d_loss(real, fake).backward()
     assert (real.grad < 0).all() and (fake.grad > 0).all()
+
+
+def test_r1_penalty_is_the_squared_input_gradient_norm():
+    # D(x) = <w, x> + tanh(x_0): the gradient at x is w plus (1 - tanh(x_0)^2) in the first pixel
+    w = torch.randn(1, 2, 3, requires_grad=True)
+    x = torch.randn(5, 1, 2, 3, requires_grad=True)
+    logits = (x * w).flatten(1).sum(1) + torch.tanh(x[:, 0, 0, 0])
+    grad = w.detach().expand(5, 1, 2, 3).clone()
+    grad[:, 0, 0, 0] += 1 - torch.tanh(x.detach()[:, 0, 0, 0]) ** 2
+    expected = grad.pow(2).flatten(1).sum(1).mean()
+    penalty = r1_penalty(logits, x)
+    assert torch.allclose(penalty, expected, atol=1e-6)
+    penalty.backward()  # differentiable in D's weights: d/dw mean ||grad||^2 = 2 * mean(grad)
+    assert torch.allclose(w.grad, 2 * grad.mean(0), atol=1e-6)
