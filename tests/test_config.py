@@ -107,6 +107,7 @@ def test_plain_round_trip():
         (["optimizer.name=adamw"], ["optimizer.name", "adam", "sgd", "rmsprop"]),
         (["optimizer.lr=-1"], ["optimizer.lr"]),
         (["optimizer.beta1=1.5"], ["optimizer.beta1"]),
+        (["loss.r1_gamma=-1"], ["loss.r1_gamma=-1.0", ">= 0"]),
         (["train.steps=many"], ["train.steps"]),
         (["model=gpt"], ["model=gpt", "dcgan", "mlp", "seed"]),
         (["model=seed", "data=ring"], ["model=mlp"]),
@@ -137,3 +138,11 @@ def test_sample_requires_a_checkpoint():
         cli.preflight(sample, [])
     with pytest.raises(GancliError, match="n=0"):
         cli.preflight(sample, ["ckpt=x", "n=0"])
+
+
+def test_the_seed_model_brings_its_r1_penalty():
+    assert compose_train("model=seed").loss.r1_gamma == 10
+    assert compose_train("model=seed", "loss=minimax").loss.r1_gamma == 10  # the loss group leaves it alone
+    assert compose_train("model=seed", "loss.r1_gamma=0").loss.r1_gamma == 0
+    assert compose_train("model=dcgan").loss.r1_gamma == 0
+    assert compose_train("experiment=mnist_seed").loss.r1_gamma == 10
