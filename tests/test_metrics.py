@@ -68,3 +68,16 @@ def test_kernel_inception_distance():
     assert abs(same) < 0.02 and spread >= 0  # unbiased: about 0 for one distribution
     shifted, _ = kernel_inception_distance(a, b + 1.0, subsets=20, subset_size=200)
     assert shifted > 0.5
+
+
+def test_frechet_distance_is_quiet_about_dead_features():
+    import warnings
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(300, 16)), rng.normal(size=(300, 16))
+    a[:, :4] = 0.0  # features that never fire: a singular covariance
+    b[:, :4] = 0.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        value = frechet_distance(a, b)
+    assert math.isfinite(value) and 0 <= value < 1.0
