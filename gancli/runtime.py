@@ -390,6 +390,11 @@ class Ranks:
         dist.all_gather_object(out, local)
         return out
 
+    def barrier(self) -> None:
+        """Wait until every rank gets here."""
+        if self.data_parallel:
+            dist.barrier()
+
     def broadcast(self, value: object) -> object:
         """Rank 0's `value`, on every rank."""
         if not self.data_parallel:

@@ -281,6 +281,7 @@ def train(cfg: TrainApp, run_dir: Path) -> dict[str, Any]:
     ranks.average_buffers(G, step_fn.D)
     checksums = ranks.checksums(G, step_fn.D) if ranks.data_parallel else None  # equal when every rank agrees
     if not main_rank:
+        ranks.barrier()  # until rank 0 has written its last files: a rank leaving early can bring the run down
         return {"status": status, "steps": step, "loss_d": loss_d_mean, "loss_g": loss_g_mean,
                 "objective": objective({"loss_g": loss_g_mean})}
     checkpoint.save(state_at(step), ckpt_dir / "last.pt")
@@ -326,6 +327,7 @@ def train(cfg: TrainApp, run_dir: Path) -> dict[str, Any]:
     summary["objective"] = objective(summary)
     tracker.close()
     write_json(run_dir / "summary.json", summary)
+    ranks.barrier()
     if status == "interrupted":
         log.warning(
             "interrupted at step %d; checkpoint saved. Continue with: gancli train <same overrides> "
