@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import gc
 import importlib.resources
 import logging
@@ -25,8 +24,8 @@ from gancli.config import BenchApp, Precision, to_typed
 from gancli.console import table_console
 from gancli.data import load_data
 from gancli.errors import GancliError, user_errors
-from gancli.files import atomic, write_json
-from gancli.step import TrainStep, step_flops
+from gancli.files import write_csv, write_json
+from gancli.step import TrainStep, plan_for, step_flops
 from gancli.timing import SectionTimer
 
 log = logging.getLogger(__name__)
@@ -94,11 +93,8 @@ def bench(cfg: BenchApp, run_dir: Path, overrides: list[str]) -> list[dict[str, 
     for row in rows:
         row["speedup"] = _speedup(row, rows)
     write_json(run_dir / "bench.json", rows)
-    with atomic(run_dir / "bench.csv") as tmp, open(tmp, "w", newline="") as f:
-        fields = list(dict.fromkeys(key for row in rows for key in row))  # a failed row adds `error`
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
+    columns = list(dict.fromkeys(key for row in rows for key in row))  # a failed row adds `error`
+    write_csv(run_dir / "bench.csv", rows, columns)
     _print_table(rows, cfg, run_dir)
     failed = [r for r in rows if r.get("error")]
     if failed:
@@ -112,9 +108,7 @@ def _failed_row(accel: str, batch_size: int, precision: str, exc: Exception, log
     with open(log_file, "a") as f:
         f.write(f"== {accel} batch {batch_size} {precision}\n")
         f.write("".join(traceback.format_exception(exc)))
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+    gc.collect()  # the failed step's tensors; the next variant empties the CUDA cache before it starts
     message = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
     return {"variant": accel, "batch_size": batch_size, "precision": precision, "ms_per_step": None,
             "img_per_s": None, "speedup": None, "mfu": None, "peak_mem_mb": None,
@@ -134,8 +128,7 @@ def time_variant(cfg: BenchApp, warmup: int, steps: int, repeats: int, data_cach
         data_cache.clear()  # one data set in memory at a time
         data_cache[key] = load_data(cfg.data, cfg.seed)
     data = data_cache[key]
-    plan = runtime.plan_accel(cfg.accel, device, precision, has_convs=cfg.model.name != "mlp",
-                              double_backward=cfg.loss.r1_gamma > 0)
+    plan = plan_for(cfg, device)
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)

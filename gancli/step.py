@@ -52,6 +52,13 @@ def make_optimizer(
         return build(foreach=True, **kernels)
 
 
+def plan_for(cfg: TrainApp, device: torch.device, data_parallel: bool = False) -> AccelPlan:
+    """The accel plan for this run: what its accel config asks, less what its model, loss,
+    device and precision rule out."""
+    return runtime.plan_accel(cfg.accel, device, cfg.precision.name, has_convs=cfg.model.name != "mlp",
+                              data_parallel=data_parallel, double_backward=cfg.loss.r1_gamma > 0)
+
+
 def d_forward(G: nn.Module, D: nn.Module, real: torch.Tensor, z: torch.Tensor, d_loss_fn,
               r1_gamma: float = 0.0) -> tuple[torch.Tensor, ...]:
     """D's objective on a real batch and on G(z), G held fixed -> (objective, adversarial loss,

@@ -28,7 +28,7 @@ from gancli.inception import find_weights
 from gancli.files import write_json, write_text
 from gancli.images import save_grid, save_scatter
 from gancli.models import build_models
-from gancli.step import TrainStep, step_flops
+from gancli.step import TrainStep, plan_for, step_flops
 from gancli.timing import JsonLines, SectionTimer
 
 log = logging.getLogger(__name__)
@@ -118,8 +118,7 @@ def train(cfg: TrainApp, run_dir: Path) -> dict[str, Any]:
     main_rank = ranks.is_main  # the one process that writes files and logs
 
     data = load_data(cfg.data, cfg.seed)
-    plan = runtime.plan_accel(cfg.accel, device, precision, has_convs=cfg.model.name != "mlp",
-                              data_parallel=ranks.data_parallel, double_backward=cfg.loss.r1_gamma > 0)
+    plan = plan_for(cfg, device, data_parallel=ranks.data_parallel)
     timer = SectionTimer(device)
     step_fn = TrainStep(cfg, data, device, plan, timer, ranks)  # builds G, D, optimizers and batches
     G = step_fn.G
