@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import inspect
 import os
 import random
@@ -321,7 +322,15 @@ def init_distributed(device_type: DeviceType) -> None:
 
 
 def close_distributed() -> None:
+    """Leave the process group, and stop its communication threads before the interpreter exits.
+
+    The DDP wrappers that hold the group sit in reference cycles (the train step holds them),
+    so only the cycle collector frees them. Left to interpreter shutdown, a gloo thread still
+    running there can abort the process ("terminate called without an active exception") after
+    a run that finished. Collecting first lets `destroy_process_group` free the group and join
+    its threads now."""
     if dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
 
 

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -59,6 +63,36 @@ def test_one_process_under_torchrun_trains_the_plain_run_s_model(tmp_path):
     for key in ("loss_d", "loss_g"):
         assert [row[key] for row in ddp] == pytest.approx([row[key] for row in plain], rel=1e-5)
     assert read_json(tmp_path / "ddp" / "summary.json")["world_size"] == 1
+
+
+# One torchrun process, played in-process: after `gancli.cli.main` returns, count the threads
+# left. A process group still alive then keeps gloo's threads running into interpreter
+# shutdown, where one can abort the finished run's process (SIGABRT).
+_THREADS_LEFT = """
+import os, socket, sys
+with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+import torch
+from gancli.cli import main
+threads = lambda: len(os.listdir("/proc/self/task"))
+before = threads()
+main(sys.argv[1:])
+print("threads", before, threads())
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="counts threads in Linux's /proc")
+def test_a_finished_data_parallel_run_leaves_no_communication_threads(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-c", _THREADS_LEFT, "train", *TINY, f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert read_json(tmp_path / "run" / "summary.json")["world_size"] == 1  # it ran in a process group
+    before, after = map(int, proc.stdout.strip().splitlines()[-1].split()[1:])
+    assert after == before
 
 
 def test_a_sweep_under_torchrun_is_one_line(tmp_path):
