@@ -280,7 +280,9 @@ def train(cfg: TrainApp, run_dir: Path) -> dict[str, Any]:
     ranks.average_buffers(G, step_fn.D)
     checksums = ranks.checksums(G, step_fn.D) if ranks.data_parallel else None  # equal when every rank agrees
     if not main_rank:
-        ranks.barrier()  # until rank 0 has written its last files: a rank leaving early can bring the run down
+        # pairs with rank 0's barrier below: torchrun ends every rank when one exits badly, so no
+        # rank leaves before rank 0's last files are written
+        ranks.barrier()
         return {"status": status, "steps": step, "loss_d": loss_d_mean, "loss_g": loss_g_mean,
                 "objective": objective({"loss_g": loss_g_mean})}
     checkpoint.save(state_at(step), ckpt_dir / "last.pt")
@@ -326,7 +328,7 @@ def train(cfg: TrainApp, run_dir: Path) -> dict[str, Any]:
     summary["objective"] = objective(summary)
     tracker.close()
     write_json(run_dir / "summary.json", summary)
-    ranks.barrier()
+    ranks.barrier()  # the other ranks wait here for these files
     if status == "interrupted":
         log.warning(
             "interrupted at step %d; checkpoint saved. Continue with: gancli train <same overrides> "

@@ -9,7 +9,7 @@ from conftest import is_png, read_json, run_gancli
 from gancli import checkpoint, cli, runtime
 from gancli.config import AccelConfig, AccelName, CompileMode, DeviceConfig, DeviceType, Precision
 from gancli.errors import GancliError
-from gancli.step import TrainStep, step_flops
+from gancli.step import TrainStep, plan_for, step_flops
 from gancli.timing import SectionTimer
 from test_config import compose_train
 
@@ -275,8 +275,7 @@ def test_r1_penalty_lowers_the_discriminators_input_gradient(tmp_path):
         cfg = compose_train("model=seed", f"loss.r1_gamma={gamma}", "train.batch_size=16", "device=cpu")
         data = load_data(cfg.data, 0)
         runtime.seed_everything(0)
-        plan = runtime.plan_accel(cfg.accel, CPU, Precision.fp32, has_convs=True)
-        step_fn = TrainStep(cfg, data, CPU, plan, SectionTimer(CPU))
+        step_fn = TrainStep(cfg, data, CPU, plan_for(cfg, CPU), SectionTimer(CPU))
         for k in range(30):
             step_fn(k)
         real = step_fn.batches(0).requires_grad_(True)
