@@ -108,10 +108,8 @@ def _failed_row(accel: str, batch_size: int, precision: str, exc: Exception, log
     with open(log_file, "a") as f:
         f.write(f"== {accel} batch {batch_size} {precision}\n")
         f.write("".join(traceback.format_exception(exc)))
-    gc.collect()  # the failed step's tensors; the next variant empties the CUDA cache before it starts
     message = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-    return {"variant": accel, "batch_size": batch_size, "precision": precision, "ms_per_step": None,
-            "img_per_s": None, "speedup": None, "mfu": None, "peak_mem_mb": None,
+    return {**dict.fromkeys(COLUMNS), "variant": accel, "batch_size": batch_size, "precision": precision,
             "error": f"{type(exc).__name__}: {message}"[:300]}
 
 
@@ -119,6 +117,8 @@ def time_variant(cfg: BenchApp, warmup: int, steps: int, repeats: int, data_cach
                  timer_cls: type = SectionTimer) -> dict[str, Any]:
     """Median time of `repeats` runs of `steps` training steps, after untimed warm-up steps.
     `timer_cls` times the step's sections as training does (NullTimer: not at all)."""
+    # the last variant's step, finished or failed, sits in reference cycles: free it first
+    gc.collect()
     device = train.check(cfg)
     precision = cfg.precision.name
     runtime.configure_backends(device, precision)
@@ -169,8 +169,6 @@ def time_variant(cfg: BenchApp, warmup: int, steps: int, repeats: int, data_cach
         "device": runtime.describe(device),
         "torch": torch.__version__,
     }
-    del step_fn
-    gc.collect()
     return row
 
 
