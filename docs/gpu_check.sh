@@ -3,7 +3,7 @@
 #   bash docs/gpu_check.sh [output folder]
 # 1. fast (CUDA graphs) against eager: the same training run both ways, with and without
 #    channels_last, evaluated at the end; loss trajectories and metrics compared;
-# 2. gancli bench: DCGAN 64x64 RGB (widths 64, z 100) at batch 64 and 1024, and the seed model at
+# 2. gancli bench: DCGAN 64x64 RGB (widths 64, z 100) at batch 64 and 1024, and the classic model at
 #    batch 64 with and without its R1 penalty, each as baseline / eager / fast in fp32 and bf16;
 #    eager and fast again with channels_last;
 # 3. one process under torchrun (NCCL, DistributedDataParallel), the same run as 1, compared with eager;
@@ -62,16 +62,16 @@ check nhwc_vs_eager 30 python3 docs/compare_runs.py "$out/eager" "$out/fast_nhwc
 # 2. the benchmarks
 check bench_dcgan64 150 gancli bench model=dcgan data=fake data.image_size=64 data.channels=3 data.n=8192 \
   train.batch_size=$sizes precision=fp32,bf16 accel=baseline,eager,fast hydra.run.dir="$out/bench_dcgan64" "${quick[@]}"
-# the seed model's step as published (loss.r1_gamma=0), and with the R1 penalty it trains with by default
-check bench_seed 60 gancli bench model=seed loss.r1_gamma=0 data=fake data.n=8192 train.batch_size=64 precision=fp32,bf16 \
-  accel=baseline,eager,fast hydra.run.dir="$out/bench_seed" "${quick[@]}"
-check bench_seed_r1 60 gancli bench model=seed data=fake data.n=8192 train.batch_size=64 precision=fp32,bf16 \
-  accel=baseline,eager,fast hydra.run.dir="$out/bench_seed_r1" "${quick[@]}"
+# the classic model's step as published (loss.r1_gamma=0), and with the R1 penalty it trains with by default
+check bench_classic 60 gancli bench model=classic loss.r1_gamma=0 data=fake data.n=8192 train.batch_size=64 precision=fp32,bf16 \
+  accel=baseline,eager,fast hydra.run.dir="$out/bench_classic" "${quick[@]}"
+check bench_classic_r1 60 gancli bench model=classic data=fake data.n=8192 train.batch_size=64 precision=fp32,bf16 \
+  accel=baseline,eager,fast hydra.run.dir="$out/bench_classic_r1" "${quick[@]}"
 check bench_dcgan64_nhwc 120 gancli bench model=dcgan data=fake data.image_size=64 data.channels=3 data.n=8192 \
   train.batch_size=$sizes precision=fp32,bf16 accel=eager,fast accel.channels_last=true \
   hydra.run.dir="$out/bench_dcgan64_nhwc" "${quick[@]}"
-check bench_seed_nhwc 60 gancli bench model=seed loss.r1_gamma=0 data=fake data.n=8192 train.batch_size=64 precision=fp32,bf16 \
-  accel=eager,fast accel.channels_last=true hydra.run.dir="$out/bench_seed_nhwc" "${quick[@]}"
+check bench_classic_nhwc 60 gancli bench model=classic loss.r1_gamma=0 data=fake data.n=8192 train.batch_size=64 precision=fp32,bf16 \
+  accel=eager,fast accel.channels_last=true hydra.run.dir="$out/bench_classic_nhwc" "${quick[@]}"
 
 # 3. data parallel over one process: NCCL and DDP on the fast path (graphs stay off under DDP);
 #    --no-python runs the installed gancli, not the source folder that `-m` would find first

@@ -133,22 +133,22 @@ def time_variant(cfg: BenchApp, warmup: int, steps: int, repeats: int, data_cach
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
     timer = timer_cls(device)
-    step_fn = TrainStep(cfg, data, device, plan, timer)
+    train_step = TrainStep(cfg, data, device, plan, timer)
     k = 0
     for _ in range(max(warmup, plan.warmup_steps + 2)):  # graphs need their warm-up and capture
-        step_fn(k)
+        train_step(k)
         k += 1
     times = []
     for _ in range(repeats):
         runtime.synchronize(device)
         t0 = time.perf_counter()
         for _ in range(steps):
-            step_fn(k)
+            train_step(k)
             k += 1
         runtime.synchronize(device)
         timer.read()  # what training does once per log interval
         times.append((time.perf_counter() - t0) / steps)
-    loss_d, loss_g = step_fn.take_losses(k)
+    stats = train_step.take_stats()
     seconds = statistics.median(times)
     peak, _ = runtime.peak_flops(device, precision)
     row = {
@@ -160,12 +160,12 @@ def time_variant(cfg: BenchApp, warmup: int, steps: int, repeats: int, data_cach
         "speedup": None,
         "mfu": round(step_flops(cfg, data.shape) / seconds / peak, 5),
         "peak_mem_mb": round(runtime.peak_memory_mb(device), 1),
-        "setup_s": round(step_fn.setup_s, 3),
+        "setup_s": round(train_step.setup_s, 3),
         "cuda_graphs": plan.cuda_graphs,
         "compile": plan.compile,
         "notes": "; ".join(plan.notes),
-        "loss_d": round(loss_d, 4),
-        "loss_g": round(loss_g, 4),
+        "loss_d": round(stats["loss_d"], 4),
+        "loss_g": round(stats["loss_g"], 4),
         "device": runtime.describe(device),
         "torch": torch.__version__,
     }
@@ -185,7 +185,8 @@ def _speedup(row: dict[str, Any], rows: list[dict[str, Any]]) -> Optional[float]
 
 
 def _print_table(rows: list[dict[str, Any]], cfg: BenchApp, run_dir: Path) -> None:
-    table = Table(title=f"gancli bench: {cfg.model.name} on {cfg.data.name.value}, {rows[0]['device']}, torch {torch.__version__}")
+    device = next((row["device"] for row in rows if row.get("device")), "every variant failed")
+    table = Table(title=f"gancli bench: {cfg.model.name} on {cfg.data.name.value}, {device}, torch {torch.__version__}")
     for column in COLUMNS:
         table.add_column(column, justify="left" if column in ("variant", "precision") else "right")
     for row in rows:

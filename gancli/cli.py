@@ -33,6 +33,9 @@ _NO_PREFLIGHT = {"--help", "-h", "--hydra-help", "--info", "-i", "--shell-comple
                  "--config-dir", "-cd", "--config-path", "-cp", "--config-name", "-cn"}
 
 
+# presets that were renamed with the model family they train (models.RENAMED has the families)
+_RENAMED_PRESETS = {"mnist_seed": "mnist_classic"}
+
 # Hydra plugins behind optional extras: config name -> (what it is, the extra that installs it)
 _HYDRA_PLUGINS = {
     "joblib": ("joblib launcher", "joblib"),
@@ -135,12 +138,36 @@ def preflight(module, args: list[str]) -> list:
         jobs = _expand_sweeps(parsed.overrides) if parsed.multirun else [parsed.overrides]
         with initialize_config_module("gancli.configs", version_base="1.3"):
             for overrides in jobs:
+                _check_optional_choices(overrides)
                 cfg = to_typed(compose(module.CONFIG_NAME, overrides=overrides))
                 module.check(cfg)
                 checked.append(cfg)
     except (HydraException, OmegaConfBaseException) as exc:
         raise GancliError(one_line(exc)) from None
     return checked
+
+
+# groups marked `optional` in the defaults lists, whose missing option Hydra skips without a word
+_OPTIONAL_GROUPS = ("experiment", "hparams_search")
+
+
+def _check_optional_choices(overrides: list[str]) -> None:
+    """`experiment=<typo>` must fail like any other unknown option, not train the defaults."""
+    import importlib.resources
+
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        key = key.lstrip("+~")
+        if not sep or key not in _OPTIONAL_GROUPS or value in ("", "null"):
+            continue
+        options = sorted(p.name[:-5] for p in (importlib.resources.files("gancli.configs") / key).iterdir()
+                         if p.name.endswith(".yaml"))
+        chosen = value[1:-1].split(",") if value.startswith("[") and value.endswith("]") else [value]  # [ring,hinge_sn]
+        for name in (name.strip() for name in chosen):
+            if name not in options:
+                renamed = _RENAMED_PRESETS.get(name) if key == "experiment" else None
+                verb = f"is now {key}={renamed}" if renamed else "is not an option"
+                raise GancliError(f"{key}={name} {verb}; choose one of: {', '.join(options)}")
 
 
 def _expand_sweeps(overrides: list[str]) -> list[list[str]]:
@@ -174,7 +201,12 @@ def one_line(exc: BaseException) -> str:
         if plugin is not None:
             return f'Hydra\'s {plugin[0]} plugin ({missing}) is not installed: pip install "gancli[{plugin[1]}]"'
     if isinstance(exc, MissingConfigException) and exc.options is not None:
+        from gancli.models import RENAMED
+
         group, _, value = (exc.missing_cfg_file or "").rpartition("/")
+        renamed = {"model": RENAMED, "experiment": _RENAMED_PRESETS}.get(group, {}).get(value)
+        if renamed:
+            return f"{group}={value} is now {group}={renamed}; choose one of: {', '.join(sorted(exc.options))}"
         if group and exc.options:
             return f"{group}={value} is not an option; choose one of: {', '.join(sorted(exc.options))}"
         if group:

@@ -15,7 +15,8 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from gancli.errors import GancliError
+from gancli.errors import GancliError, at_least, require
+from gancli.models import FAMILIES, RENAMED
 
 
 class DataName(Enum):
@@ -78,68 +79,9 @@ class LoggerName(Enum):
     tensorboard = "tensorboard"  # event files in the run folder (extra: gancli[tensorboard])
 
 
-class Activation(Enum):
-    relu = "relu"
-    leaky_relu = "leaky_relu"
-    tanh = "tanh"
-    gelu = "gelu"
-    silu = "silu"
+# ---- model group: one schema per family, kept beside its model in gancli/models/ ----
 
-
-def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
-    if not ok:
-        raise GancliError(f"{key}={value} is not allowed: {allowed}")
-
-
-# ---- model group: one schema per family, chosen by `name` ----
-
-
-@dataclass
-class SeedModel:
-    """The classic MNIST GAN: dense G, two-conv D."""
-
-    name: str = "seed"
-    z_dim: int = 100
-    g_width: int = 128  # G's two hidden dense layers
-    d_width: int = 64  # D's convs have d_width and 2 * d_width channels
-    d_dense: int = 1024  # D's hidden dense layer
-
-    def __post_init__(self) -> None:
-        for key in ("z_dim", "g_width", "d_width", "d_dense"):
-            _require(getattr(self, key) >= 1, f"model.{key}", getattr(self, key), "a whole number >= 1")
-
-
-@dataclass
-class DCGANModel:
-    """Radford et al.: strided transposed convs with batch norm in G, strided convs in D."""
-
-    name: str = "dcgan"
-    z_dim: int = 100
-    g_width: int = 64  # channels of G's last hidden layer; doubles towards the input
-    d_width: int = 64  # channels of D's first layer; doubles towards the output
-
-    def __post_init__(self) -> None:
-        for key in ("z_dim", "g_width", "d_width"):
-            _require(getattr(self, key) >= 1, f"model.{key}", getattr(self, key), "a whole number >= 1")
-
-
-@dataclass
-class MLPModel:
-    """Dense G and D, for 2-D points and small images."""
-
-    name: str = "mlp"
-    z_dim: int = 64
-    depth: int = 3  # hidden layers in each network
-    width: int = 256
-    activation: Activation = Activation.relu
-    batch_norm: bool = False  # batch norm after each hidden layer of G
-
-    def __post_init__(self) -> None:
-        for key in ("z_dim", "depth", "width"):
-            _require(getattr(self, key) >= 1, f"model.{key}", getattr(self, key), "a whole number >= 1")
-
-
-MODEL_SCHEMAS: dict[str, type] = {"seed": SeedModel, "dcgan": DCGANModel, "mlp": MLPModel}
+MODEL_SCHEMAS: dict[str, type] = {name: fam.Config for name, fam in FAMILIES.items()}
 
 
 @dataclass
@@ -155,11 +97,11 @@ class DataConfig:
     radius: float = 1.0  # `ring`: radius of the circle of centres
 
     def __post_init__(self) -> None:
-        _require(self.image_size >= 4, "data.image_size", self.image_size, "a whole number >= 4")
-        _require(self.channels in (1, 3), "data.channels", self.channels, "1 or 3")
-        _require(self.n >= 1, "data.n", self.n, "a whole number >= 1")
-        _require(self.std > 0, "data.std", self.std, "a number > 0")
-        _require(self.radius > 0, "data.radius", self.radius, "a number > 0")
+        require(self.image_size >= 4, "data.image_size", self.image_size, "a whole number >= 4")
+        require(self.channels in (1, 3), "data.channels", self.channels, "1 or 3")
+        at_least(self, "data", 1, "n")
+        require(self.std > 0, "data.std", self.std, "a number > 0")
+        require(self.radius > 0, "data.radius", self.radius, "a number > 0")
 
 
 @dataclass
@@ -177,23 +119,30 @@ class OptimizerConfig:
     def __post_init__(self) -> None:
         for key in ("lr", "lr_g", "lr_d"):
             value = getattr(self, key)
-            _require(value is None or value > 0, f"optimizer.{key}", value, "a number > 0")
+            require(value is None or value > 0, f"optimizer.{key}", value, "a number > 0")
         for key in ("beta1", "beta2", "alpha"):
             value = getattr(self, key)
-            _require(0 <= value < 1, f"optimizer.{key}", value, "a number in [0, 1)")
-        _require(self.momentum >= 0, "optimizer.momentum", self.momentum, "a number >= 0")
-        _require(self.weight_decay >= 0, "optimizer.weight_decay", self.weight_decay, "a number >= 0")
+            require(0 <= value < 1, f"optimizer.{key}", value, "a number in [0, 1)")
+        require(self.momentum >= 0, "optimizer.momentum", self.momentum, "a number >= 0")
+        require(self.weight_decay >= 0, "optimizer.weight_decay", self.weight_decay, "a number >= 0")
 
 
 @dataclass
 class LossConfig:
+    """The adversarial loss and the penalties added to D's loss (losses.py has the math)."""
+
     name: LossName = LossName.ns
     # R1 penalty (Mescheder et al. 2018): gamma/2 * E||grad_x D(x)||^2 at real images, added to
     # D's loss; 0 = off. It keeps D from growing so sharp that G collapses onto one mode.
     r1_gamma: float = 0.0
 
     def __post_init__(self) -> None:
-        _require(self.r1_gamma >= 0, "loss.r1_gamma", self.r1_gamma, "a number >= 0 (0 turns the penalty off)")
+        require(self.r1_gamma >= 0, "loss.r1_gamma", self.r1_gamma, "a number >= 0 (0 turns the penalty off)")
+
+    @property
+    def double_backward(self) -> bool:
+        """Whether D's update differentiates a gradient (read by the accel plan): the R1 penalty does."""
+        return self.r1_gamma > 0
 
 
 @dataclass
@@ -202,7 +151,7 @@ class DeviceConfig:
     index: Optional[int] = None  # which GPU of several (cuda only)
 
     def __post_init__(self) -> None:
-        _require(self.index is None or self.index >= 0, "device.index", self.index, "a whole number >= 0")
+        require(self.index is None or self.index >= 0, "device.index", self.index, "a whole number >= 0")
 
 
 @dataclass
@@ -225,7 +174,7 @@ class AccelConfig:
     warmup_steps: int = 3  # eager steps before a CUDA graph is captured
 
     def __post_init__(self) -> None:
-        _require(self.warmup_steps >= 1, "accel.warmup_steps", self.warmup_steps, "a whole number >= 1")
+        at_least(self, "accel", 1, "warmup_steps")
 
 
 @dataclass
@@ -240,12 +189,8 @@ class LoopConfig:
     resume: Optional[str] = None  # auto | a checkpoint file | a run folder
 
     def __post_init__(self) -> None:
-        for key in ("steps", "batch_size", "d_steps", "log_every", "sample_n"):
-            value = getattr(self, key)
-            _require(value >= 1, f"train.{key}", value, "a whole number >= 1")
-        for key in ("sample_every", "ckpt_every"):
-            value = getattr(self, key)
-            _require(value >= 0, f"train.{key}", value, "a whole number >= 0 (0 turns it off)")
+        at_least(self, "train", 1, "steps", "batch_size", "d_steps", "log_every", "sample_n")
+        at_least(self, "train", 0, "sample_every", "ckpt_every", off=True)
 
 
 @dataclass
@@ -258,8 +203,8 @@ class EvalConfig:
     inception_weights: Optional[str] = None  # torch-fidelity's InceptionV3 weights file, for FID/KID
 
     def __post_init__(self) -> None:
-        _require(self.every >= 0, "eval.every", self.every, "a whole number >= 0 (0 turns it off)")
-        _require(self.n >= 2, "eval.n", self.n, "a whole number >= 2")
+        at_least(self, "eval", 0, "every", off=True)
+        at_least(self, "eval", 2, "n")
 
 
 @dataclass
@@ -273,7 +218,7 @@ class LoggerConfig:
 class TrainApp:
     """Root of `gancli train`."""
 
-    model: Any = MISSING  # one of MODEL_SCHEMAS, chosen by the model group
+    model: Any = MISSING  # one family's Config (MODEL_SCHEMAS), chosen by the model group
     data: DataConfig = field(default_factory=DataConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -299,10 +244,8 @@ class BenchConfig:
 
     def __post_init__(self) -> None:
         for key in ("accel", "precision", "batch_size"):
-            _require(len(getattr(self, key)) >= 1, f"bench.{key}", getattr(self, key), "at least one value")
-        _require(self.warmup >= 1, "bench.warmup", self.warmup, "a whole number >= 1")
-        _require(self.steps >= 1, "bench.steps", self.steps, "a whole number >= 1")
-        _require(self.repeats >= 1, "bench.repeats", self.repeats, "a whole number >= 1")
+            require(len(getattr(self, key)) >= 1, f"bench.{key}", getattr(self, key), "at least one value")
+        at_least(self, "bench", 1, "warmup", "steps", "repeats")
 
 
 @dataclass
@@ -325,8 +268,7 @@ class SampleApp:
     device: DeviceConfig = field(default_factory=DeviceConfig)
 
     def __post_init__(self) -> None:
-        _require(self.n >= 1, "n", self.n, "a whole number >= 1")
-        _require(self.batch_size >= 1, "batch_size", self.batch_size, "a whole number >= 1")
+        at_least(self, "", 1, "n", "batch_size")
 
 
 @dataclass
@@ -342,7 +284,7 @@ class EvalApp:
     device: DeviceConfig = field(default_factory=DeviceConfig)
 
     def __post_init__(self) -> None:
-        _require(self.n >= 2, "n", self.n, "a whole number >= 2")
+        at_least(self, "", 2, "n")
 
 
 LABELLED = {DataName.digits, DataName.mnist, DataName.fashion_mnist, DataName.cifar10, DataName.stacked_mnist}
@@ -382,12 +324,14 @@ def to_plain(cfg: Any) -> dict:
 
 
 def train_config_from_plain(plain: dict) -> TrainApp:
-    """Rebuild a TrainApp from `to_plain` output, e.g. the config stored in a checkpoint."""
+    """Rebuild a TrainApp from `to_plain` output, e.g. the config stored in a checkpoint; keys
+    added since it was written take their defaults."""
     plain = dict(plain)
     model_plain = dict(plain.pop("model"))
-    schema = MODEL_SCHEMAS.get(model_plain.get("name", ""))
+    model_plain["name"] = RENAMED.get(model_plain.get("name", ""), model_plain.get("name", ""))
+    schema = MODEL_SCHEMAS.get(model_plain["name"])
     if schema is None:
-        raise GancliError(f"unknown model '{model_plain.get('name')}'; known: {', '.join(MODEL_SCHEMAS)}")
+        raise GancliError(f"unknown model '{model_plain['name']}'; known: {', '.join(MODEL_SCHEMAS)}")
     root = OmegaConf.merge(OmegaConf.structured(TrainApp), plain)
     root.model = OmegaConf.merge(OmegaConf.structured(schema), model_plain)
     return to_typed(root)

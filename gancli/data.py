@@ -40,6 +40,14 @@ class Data:
         return tuple(self.x.shape[1:])
 
 
+@dataclass
+class Batch:
+    """What a training step takes from the data: samples and, for a conditional model, labels."""
+
+    x: torch.Tensor  # float (B, C, H, W) images in [-1, 1] or (B, 2) points
+    c: Optional[torch.Tensor] = None  # int64 (B,) class labels, or None
+
+
 def data_shape(cfg: DataConfig) -> tuple:
     """The shape of one sample, known from the config alone (no data is read)."""
     if cfg.name in (DataName.ring, DataName.grid):
@@ -233,6 +241,12 @@ def _check_batch(batch_size: int, world_size: int, n: int) -> None:
         raise GancliError(f"train.batch_size={batch_size}{per_step} is larger than the data set ({n} samples)")
 
 
+def _labels(data: Data, labels: bool) -> Optional[torch.Tensor]:
+    if labels and data.labels is None:
+        raise GancliError("this data set has no class labels, so a conditional model cannot train on it")
+    return data.labels if labels else None
+
+
 class Batches:
     """Batch k of a shuffled pass over the data, a fresh permutation per epoch.
 
@@ -240,16 +254,20 @@ class Batches:
     uninterrupted run would have drawn. The data is kept on the device when it fits.
     In a data-parallel run, step k's global batch is world_size * batch_size samples of the
     same permutation, and each rank takes its own slice: the ranks never share a sample within
-    an epoch, and one rank of one is the single-process order.
+    an epoch, and one rank of one is the single-process order. `labels` adds each sample's
+    class; `memory_format` is the layout D wants its images in.
     """
 
     def __init__(self, data: Data, batch_size: int, seed: int, device: torch.device, max_device_bytes: int = 2**31,
-                 rank: int = 0, world_size: int = 1):
+                 rank: int = 0, world_size: int = 1, labels: bool = False,
+                 memory_format: torch.memory_format = torch.contiguous_format):
         n = len(data.x)
         _check_batch(batch_size, world_size, n)
         on_device = data.x.numel() * data.x.element_size() <= max_device_bytes
         self.x = data.x.to(device) if on_device else data.x
-        self.device = device
+        c = _labels(data, labels)
+        self.c = None if c is None else c.to(self.x.device)
+        self.device, self.memory_format = device, memory_format
         self.batch_size = batch_size
         self.global_batch = batch_size * world_size
         self.offset = rank * batch_size  # this rank's slice of each global batch
@@ -257,7 +275,7 @@ class Batches:
         self.seed = seed
         self._epoch, self._perm = -1, None
 
-    def __call__(self, k: int) -> torch.Tensor:
+    def __call__(self, k: int) -> Batch:
         epoch, i = divmod(k, self.per_epoch)
         if epoch != self._epoch:
             gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
@@ -265,7 +283,10 @@ class Batches:
             self._epoch = epoch
         start = i * self.global_batch + self.offset
         idx = self._perm[start : start + self.batch_size]
-        return to_model(self.x[idx].to(self.device, non_blocking=True))
+        x = to_model(self.x[idx].to(self.device, non_blocking=True))
+        if self.memory_format is not torch.contiguous_format and x.dim() == 4:
+            x = x.contiguous(memory_format=self.memory_format)
+        return Batch(x, None if self.c is None else self.c[idx].to(self.device, non_blocking=True))
 
 
 class LoaderBatches:
@@ -273,11 +294,14 @@ class LoaderBatches:
     in host memory, each batch copied to the device. The batch index is ignored."""
 
     def __init__(self, data: Data, batch_size: int, seed: int, device: torch.device, rank: int = 0,
-                 world_size: int = 1):
+                 world_size: int = 1, labels: bool = False,
+                 memory_format: torch.memory_format = torch.contiguous_format):
         from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
         _check_batch(batch_size, world_size, len(data.x))
-        dataset = TensorDataset(to_model(data.x))  # floats in host memory, as the usual loop has them
+        c = _labels(data, labels)
+        # floats in host memory, as the usual loop has them
+        dataset = TensorDataset(to_model(data.x), *([] if c is None else [c]))
         # data-parallel, the usual way: a DistributedSampler gives each rank its shard per epoch
         self.sampler = DistributedSampler(dataset, world_size, rank, shuffle=True, seed=seed, drop_last=True) \
             if world_size > 1 else None
@@ -290,17 +314,20 @@ class LoaderBatches:
             generator=torch.Generator().manual_seed(seed),
             pin_memory=device.type == "cuda",
         )
-        self.device = device
+        self.device, self.memory_format = device, memory_format
         self._epoch = 0
         self._it = iter(self.loader)
 
-    def __call__(self, k: int) -> torch.Tensor:
+    def __call__(self, k: int) -> Batch:
         try:
-            (batch,) = next(self._it)
+            batch = next(self._it)
         except StopIteration:
             self._epoch += 1
             if self.sampler is not None:
                 self.sampler.set_epoch(self._epoch)
             self._it = iter(self.loader)
-            (batch,) = next(self._it)
-        return batch.to(self.device, non_blocking=True)
+            batch = next(self._it)
+        x = batch[0].to(self.device, non_blocking=True)
+        if self.memory_format is not torch.contiguous_format and x.dim() == 4:
+            x = x.contiguous(memory_format=self.memory_format)
+        return Batch(x, batch[1].to(self.device, non_blocking=True) if len(batch) > 1 else None)

@@ -1,8 +1,9 @@
-"""The one exception type that reaches the user as a single line, without a traceback."""
+"""The one exception type that reaches the user as a single line, without a traceback, and
+the range checks that raise it."""
 
 import contextlib
 import sys
-from typing import Iterator
+from typing import Any, Iterator
 
 
 class GancliError(Exception):
@@ -17,3 +18,17 @@ def user_errors() -> Iterator[None]:
     except GancliError as exc:
         print(f"gancli: error: {exc}", file=sys.stderr)
         sys.exit(2)
+
+
+def require(ok: bool, key: str, value: Any, allowed: str) -> None:
+    """Fail with `key=value is not allowed: allowed` unless `ok`."""
+    if not ok:
+        raise GancliError(f"{key}={value} is not allowed: {allowed}")
+
+
+def at_least(obj: Any, prefix: str, minimum: int, *keys: str, off: bool = False) -> None:
+    """Each of `obj`'s `keys` must be a whole number >= `minimum` (`off`: 0 turns it off)."""
+    allowed = f"a whole number >= {minimum}" + (" (0 turns it off)" if off else "")
+    for key in keys:
+        value = getattr(obj, key)
+        require(value >= minimum, f"{prefix}.{key}" if prefix else key, value, allowed)

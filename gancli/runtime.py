@@ -229,7 +229,11 @@ class GraphedStep:
         self.fn, self.warmup, self.pool = fn, warmup, pool
         self.calls = 0
         self.graph: Optional[torch.cuda.CUDAGraph] = None
-        self.capture_s = 0.0
+
+    @property
+    def ready(self) -> bool:
+        """Past warm-up and capture: a call now is a training call."""
+        return self.graph is not None
 
     def __call__(self) -> None:
         if self.graph is not None:
@@ -243,13 +247,11 @@ class GraphedStep:
             torch.cuda.current_stream().wait_stream(side)
             self.calls += 1
             return
-        t0 = time.perf_counter()
         torch.cuda.synchronize()
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self.pool):
             self.fn()  # recorded, not run
         torch.cuda.synchronize()
-        self.capture_s = time.perf_counter() - t0
         self.graph = graph
         graph.replay()  # this call's step
 

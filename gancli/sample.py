@@ -14,7 +14,7 @@ from gancli import checkpoint, runtime
 from gancli.config import SampleApp, to_typed, train_config_from_plain
 from gancli.errors import GancliError, user_errors
 from gancli.images import save_grid, save_scatter, save_singles
-from gancli.models import build_models
+from gancli.models import build_models, latents
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ def check(cfg: SampleApp) -> None:
 
 
 def load_generator(ckpt: str | Path, device: torch.device) -> tuple[torch.nn.Module, dict, Path]:
-    """(G rebuilt from the checkpoint's own config by registry name, in eval mode on `device`;
+    """(G rebuilt from the checkpoint's own config by family name, in eval mode on `device`;
     the checkpoint's contents; its path)."""
     path = checkpoint.find(ckpt)
     state = checkpoint.load(path)
@@ -55,8 +55,8 @@ def generate_batches(G: torch.nn.Module, n: int, device: torch.device, gen: torc
     """(index of the first sample, float32 samples on the CPU) for n samples of G, batch by batch,
     from CPU noise drawn with `gen`: the same samples on every device."""
     for start in range(0, n, batch_size):
-        z = torch.randn(min(batch_size, n - start), G.z_dim, generator=gen).to(device)
-        yield start, G(z).float().cpu()  # (b, C, H, W) or (b, 2)
+        z, c = latents(G, min(batch_size, n - start), device, gen)
+        yield start, G(z, c).float().cpu()  # (b, C, H, W) or (b, 2)
 
 
 def sample(cfg: SampleApp) -> Path:

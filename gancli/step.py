@@ -1,24 +1,28 @@
-"""One training step (data -> D update(s) -> G update) and everything it owns: the networks,
-their optimizers and gradient scalers, the batches, and the accel plan that says how it runs.
+"""How one training step runs (data -> D update(s) -> G update), and everything it owns: the
+networks, their optimizers and gradient scalers, the batches, and the accel plan that says how
+it runs.
 
-Every accel variant runs the same math; they differ in where the data lives, how often the
-host waits for the device, which optimizer kernels run, and whether the step is a CUDA graph.
+What a step computes is losses.py's `d_objective` and `g_objective`; this module knows no GAN
+math. Every accel variant runs the same objective; they differ in where the data lives, how
+often the host waits for the device, which optimizer kernels run, and whether each update is a
+CUDA graph.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 import torch
 from torch import nn
 
 from gancli import runtime
 from gancli.config import OptimizerConfig, OptimizerName, TrainApp
-from gancli.data import Batches, Data, LoaderBatches
-from gancli.losses import LOSSES, r1_penalty
-from gancli.models import build_models
+from gancli.data import Batch, Batches, Data, LoaderBatches
+from gancli.losses import Stats, d_objective, g_objective
+from gancli.models import build_models, traits
 from gancli.runtime import AccelPlan, GraphedStep, Ranks
 from gancli.timing import SectionTimer
 
@@ -53,46 +57,40 @@ def make_optimizer(
 
 
 def plan_for(cfg: TrainApp, device: torch.device, data_parallel: bool = False) -> AccelPlan:
-    """The accel plan for this run: what its accel config asks, less what its model, loss,
+    """The accel plan for this run: what its accel config asks, less what its model family, loss,
     device and precision rule out."""
-    return runtime.plan_accel(cfg.accel, device, cfg.precision.name, has_convs=cfg.model.name != "mlp",
-                              data_parallel=data_parallel, double_backward=cfg.loss.r1_gamma > 0)
+    return runtime.plan_accel(cfg.accel, device, cfg.precision.name, has_convs=traits(cfg.model).convolutional,
+                              data_parallel=data_parallel, double_backward=cfg.loss.double_backward)
 
 
-def d_forward(G: nn.Module, D: nn.Module, real: torch.Tensor, z: torch.Tensor, d_loss_fn,
-              r1_gamma: float = 0.0) -> tuple[torch.Tensor, ...]:
-    """D's objective on a real batch and on G(z), G held fixed -> (objective, adversarial loss,
-    real logits, fake logits); the objective adds the R1 penalty when `r1_gamma` > 0."""
-    with torch.no_grad():
-        fake = G(z)
-    if r1_gamma > 0:
-        real_leaf = real.detach().requires_grad_(True)
-        # D gets a view, not the leaf: FlopCounterMode's module hooks refuse a leaf input to autograd.grad
-        real = real_leaf.view_as(real_leaf)
-    real_logits, fake_logits = D(real), D(fake)
-    loss = d_loss_fn(real_logits, fake_logits)
-    objective = loss + r1_gamma / 2 * r1_penalty(real_logits, real_leaf) if r1_gamma > 0 else loss
-    return objective, loss, real_logits, fake_logits
+class Running:
+    """The sums of one update's stats on the device. They are added inside the update, so that a
+    CUDA graph captures the add; `n`, how many updates the sums hold, is counted on the host."""
 
+    def __init__(self) -> None:
+        self.keys: tuple[str, ...] = ()
+        self.sums: Optional[torch.Tensor] = None  # (len(keys),) float32
+        self.n = 0
 
-def g_forward(G: nn.Module, D: nn.Module, z: torch.Tensor, g_loss_fn) -> tuple[torch.Tensor, torch.Tensor]:
-    """G's loss on D(G(z)) -> (loss, fake logits)."""
-    fake_logits = D(G(z))
-    return g_loss_fn(fake_logits), fake_logits
+    def add(self, stats: Stats) -> None:
+        values = torch.stack([v.detach().float() for v in stats.values()])
+        if self.sums is None:  # the first, eager call (graphs warm up before they capture)
+            self.keys, self.sums = tuple(stats), torch.zeros_like(values)
+        self.sums.add_(values)
 
 
 class TrainStep:
-    """Call with the step index to run one training step; losses add up on the device."""
+    """Call with the step index to run one training step; its stats add up on the device."""
 
     def __init__(self, cfg: TrainApp, data: Data, device: torch.device, plan: AccelPlan, timer: SectionTimer,
                  ranks: Optional[Ranks] = None):
-        ranks = ranks or Ranks()  # rank 0 of 1: no data parallelism
+        self.ranks = ranks = ranks or Ranks()  # rank 0 of 1: no data parallelism
         self.device, self.plan, self.timer = device, plan, timer
         self.precision = cfg.precision.name
+        self.loss_cfg = cfg.loss
         self.batch_size, self.d_steps = cfg.train.batch_size, cfg.train.d_steps
-        self.d_loss_fn, self.g_loss_fn = LOSSES[cfg.loss.name]
-        self.r1_gamma = cfg.loss.r1_gamma
 
+        # Networks, optimizers and gradient scalers.
         self.G, self.D = build_models(cfg.model, data.shape)
         self.G.to(device)
         self.D.to(device)
@@ -106,101 +104,136 @@ class TrainStep:
         self.scaler_d = runtime.grad_scaler(device, self.precision)
 
         batches_cls = LoaderBatches if plan.dataloader else Batches
+        layout = torch.channels_last if plan.channels_last else torch.contiguous_format
+        labelled = self.G.n_classes > 0
         self.batches = batches_cls(data, self.batch_size, cfg.seed, device, rank=ranks.rank,
-                                   world_size=ranks.world_size)
-        self.sum_d = torch.zeros((), device=device)
-        self.sum_g = torch.zeros((), device=device)
+                                   world_size=ranks.world_size, labels=labelled, memory_format=layout)
+
+        # Each network as the updates call it. Compiled wrappers share their weights with G and D,
+        # which are what checkpoints save. The network being updated runs through DDP, whose
+        # backward all-reduces its gradients; the other runs bare (G under no_grad in D's update,
+        # D frozen in G's update).
+        self.G_fixed, self.D_fixed = self._runner(self.G), self._runner(self.D)
+        self.G_train, self.D_train = self.G_fixed, self.D_fixed
+        if ranks.data_parallel:
+            self.G_train, self.D_train = self._runner(ranks.wrap(self.G, device)), self._runner(ranks.wrap(self.D, device))
+
+        # The updates, D's then G's. Each sums its stats in its own Running; as CUDA graphs, each
+        # reads one static batch.
+        self._d_stats, self._g_stats = Running(), Running()
+        self._d: Callable = self._d_update
+        self._g: Callable = self._g_update
+        self.static: Optional[Batch] = None
+        if plan.cuda_graphs:
+            x = torch.zeros((self.batch_size, *data.shape), device=device)
+            if plan.channels_last:  # copy_ keeps the destination's layout: make it the one D wants
+                x = x.contiguous(memory_format=torch.channels_last)
+            c = torch.zeros(self.batch_size, dtype=torch.long, device=device) if labelled else None
+            self.static = static = Batch(x, c)
+            pool = torch.cuda.graph_pool_handle()  # the graphs share one memory pool
+            self._d = GraphedStep(functools.partial(self._d_update, static), plan.warmup_steps, pool)
+            self._g = GraphedStep(functools.partial(self._g_update, static), plan.warmup_steps, pool)
+        self._compiling = bool(plan.compile)  # the first call compiles: set-up, not training
+        self.setup_s = 0.0
         self.host_stats: dict[str, float] = {}  # the baseline's per-step readings
 
-        # compiled wrappers share their weights with G and D, which are what checkpoints save
-        self.G_run, self.D_run = self.G, self.D
-        if plan.compile:
-            self.G_run = torch.compile(self.G, mode=plan.compile)
-            self.D_run = torch.compile(self.D, mode=plan.compile)
-        # the network being updated runs through DDP, whose backward all-reduces its gradients;
-        # the other one runs bare (G under no_grad in D's step, D frozen in G's step)
-        self.G_sync, self.D_sync = self.G_run, self.D_run
-        if ranks.data_parallel:
-            self.G_sync, self.D_sync = ranks.wrap(self.G, device), ranks.wrap(self.D, device)
-            if plan.compile:
-                self.G_sync = torch.compile(self.G_sync, mode=plan.compile)
-                self.D_sync = torch.compile(self.D_sync, mode=plan.compile)
-        self._d, self._g = self._d_update, self._g_update
-        if plan.cuda_graphs:
-            self.static_real = torch.zeros((self.batch_size, *data.shape), device=device)
-            if plan.channels_last:  # copy_ keeps the destination's layout: make it the one D wants
-                self.static_real = self.static_real.contiguous(memory_format=torch.channels_last)
-            pool = torch.cuda.graph_pool_handle()  # both graphs share one memory pool
-            self._d = GraphedStep(lambda: self._d_update(self.static_real), plan.warmup_steps, pool)
-            self._g = GraphedStep(self._g_update, plan.warmup_steps, pool)
-        # calls whose time is set-up (compilation, graph warm-up and capture), not training
-        self._setup_calls = plan.warmup_steps + 1 if plan.cuda_graphs else (1 if plan.compile else 0)
-        self.setup_s = 0.0
+    def _runner(self, net: nn.Module) -> nn.Module:
+        return torch.compile(net, mode=self.plan.compile) if self.plan.compile else net
 
-    def _d_update(self, real: torch.Tensor) -> None:
+    @property
+    def G_sample(self) -> nn.Module:
+        """The generator that grids, evaluation and checkpoints' users sample from."""
+        return self.G
+
+    def modules(self) -> list[nn.Module]:
+        """Every network whose buffers (batch-norm statistics) a data-parallel run averages."""
+        return [self.G, self.D]
+
+    # ---- the updates: objective, then zero_grad, (scaled) backward, optimizer step ----
+
+    def _d_update(self, batch: Batch) -> None:
         self.D.requires_grad_(True)
-        z = torch.randn(self.batch_size, self.G.z_dim, device=self.device)
         with runtime.autocast(self.device, self.precision, cache=not self.plan.cuda_graphs):
-            objective, loss, real_logits, fake_logits = d_forward(self.G_run, self.D_sync, real, z, self.d_loss_fn,
-                                                                  self.r1_gamma)
-        self.opt_d.zero_grad(set_to_none=True)
-        self.scaler_d.scale(objective).backward()
-        self.scaler_d.step(self.opt_d)
-        self.scaler_d.update()
-        self.sum_d.add_(loss.detach())
-        if self.plan.host_syncs:  # what the usual loop prints every step: three waits here
-            self.host_stats["loss_d"] = loss.item()
-            self.host_stats["d_real"] = real_logits.sigmoid().mean().item()
-            self.host_stats["d_fake"] = fake_logits.sigmoid().mean().item()
+            objective, stats = d_objective(self.loss_cfg, self.G_fixed, self.D_train, batch)
+        self._apply(objective, self.opt_d, self.scaler_d)
+        self._d_stats.add(stats)
+        self._read(stats)
 
-    def _g_update(self) -> None:
+    def _g_update(self, batch: Batch) -> None:
         self.D.requires_grad_(False)  # G's update needs no gradients of D's weights
-        z = torch.randn(self.batch_size, self.G.z_dim, device=self.device)
         with runtime.autocast(self.device, self.precision, cache=not self.plan.cuda_graphs):
-            loss, fake_logits = g_forward(self.G_sync, self.D_run, z, self.g_loss_fn)
-        self.opt_g.zero_grad(set_to_none=True)
-        self.scaler_g.scale(loss).backward()
-        self.scaler_g.step(self.opt_g)
-        self.scaler_g.update()
-        self.sum_g.add_(loss.detach())
-        if self.plan.host_syncs:  # and two more here
-            self.host_stats["loss_g"] = loss.item()
-            self.host_stats["d_fake_after"] = fake_logits.sigmoid().mean().item()
+            loss, stats = g_objective(self.loss_cfg, self.G_train, self.D_fixed, batch)
+        self._apply(loss, self.opt_g, self.scaler_g)
+        self._g_stats.add(stats)
+        self._read(stats)
+
+    @staticmethod
+    def _apply(objective: torch.Tensor, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> None:
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(objective).backward()
+        scaler.step(opt)
+        scaler.update()
+
+    def _read(self, stats: Stats) -> None:
+        if self.plan.host_syncs:  # what the usual loop prints every step: one wait per value
+            self.host_stats.update({key: value.item() for key, value in stats.items()})
+
+    # ---- one step ----
 
     def __call__(self, step: int) -> bool:
         """Run step `step`; False when its time was set-up (compile, capture) rather than training."""
-        setup = self._setup_calls > 0
+        first = step * self.d_steps  # the index of this step's first D update
+        setup = self._compiling or any(isinstance(f, GraphedStep) and not f.ready for f in (self._d, self._g))
         if setup:
             runtime.synchronize(self.device)
             t0 = time.perf_counter()
         with self.timer.section("data"):
-            reals = [self.batches(step * self.d_steps + k) for k in range(self.d_steps)]
-            if self.plan.channels_last:
-                reals = [r.contiguous(memory_format=torch.channels_last) for r in reals]
+            batches = [self.batches(first + k) for k in range(self.d_steps)]
         with self.timer.section("d_step"):
-            for real in reals:
-                if self.plan.cuda_graphs:
-                    self.static_real.copy_(real)
+            for batch in batches:
+                if self.static is not None:
+                    self._copy_into_static(batch)
                     self._d()
                 else:
-                    self._d(real)
+                    self._d(batch)
+                self._d_stats.n += 1
         with self.timer.section("g_step"):
-            self._g()
+            if self.static is not None:  # it holds the last D batch, which G's update takes
+                self._g()
+            else:
+                self._g(batches[-1])
+            self._g_stats.n += 1
         if setup:
             runtime.synchronize(self.device)
             self.setup_s += time.perf_counter() - t0
-            self._setup_calls -= 1
+            self._compiling = False
         return not setup
 
-    def take_losses(self, n: int) -> tuple[float, float]:
-        """Mean D and G losses over the last `n` steps (one host sync), then start again."""
-        loss_d, loss_g = (torch.stack([self.sum_d, self.sum_g]) / max(n, 1)).tolist()
-        self.sum_d.zero_()
-        self.sum_g.zero_()
-        return loss_d, loss_g
+    def _copy_into_static(self, batch: Batch) -> None:
+        self.static.x.copy_(batch.x)
+        if self.static.c is not None:
+            self.static.c.copy_(batch.c)
+
+    def take_stats(self) -> dict[str, float]:
+        """The mean of each stat over the updates since the last call (one host sync), then start
+        again: the D stats over D's updates, the G stats over G's."""
+        sums: dict[str, torch.Tensor] = {}
+        counts: dict[str, int] = {}
+        runs = [r for r in (self._d_stats, self._g_stats) if r.n]
+        for run in runs:
+            for i, key in enumerate(run.keys):
+                sums[key] = run.sums[i] if key not in sums else sums[key] + run.sums[i]
+                counts[key] = counts.get(key, 0) + run.n
+        means = torch.stack([sums[key] / counts[key] for key in sums]).tolist() if sums else []
+        for run in runs:
+            run.sums.zero_()  # in place: a captured graph keeps adding into this tensor
+            run.n = 0
+        return dict(zip(sums, means))
+
+    # ---- checkpoints: everything a resumed run needs, and nothing it can derive ----
 
     def state_dict(self) -> dict[str, Any]:
-        return {
+        state = {
             "G": self.G.state_dict(),
             "D": self.D.state_dict(),
             "opt_g": self.opt_g.state_dict(),
@@ -208,6 +241,7 @@ class TrainStep:
             "scaler_g": self.scaler_g.state_dict(),
             "scaler_d": self.scaler_d.state_dict(),
         }
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.G.load_state_dict(state["G"])
@@ -219,19 +253,18 @@ class TrainStep:
 
 
 def step_flops(cfg: TrainApp, shape: tuple) -> int:
-    """FLOPs of one training step (forward and backward passes; optimizers left out), counted
-    once on weightless meta tensors, so nothing is computed and no state changes."""
+    """FLOPs of one training step: the forward and backward passes of its D and G updates, with
+    D's penalty, counted once on weightless meta tensors, so nothing is computed and no state
+    changes. FlopCounterMode counts matrix products and convolutions, so the optimizers
+    (elementwise) count nothing."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    d_loss_fn, g_loss_fn = LOSSES[cfg.loss.name]
-    batch = cfg.train.batch_size
     with torch.device("meta"):
         G, D = build_models(cfg.model, shape)
-        real = torch.empty(batch, *shape)
-        z = torch.empty(batch, G.z_dim)
+        batch = Batch(torch.empty(cfg.train.batch_size, *shape))
     with FlopCounterMode(display=False) as counter:
         for _ in range(cfg.train.d_steps):
-            d_forward(G, D, real, z, d_loss_fn, cfg.loss.r1_gamma)[0].backward()
+            d_objective(cfg.loss, G, D, batch)[0].backward()
         D.requires_grad_(False)
-        g_forward(G, D, z, g_loss_fn)[0].backward()
+        g_objective(cfg.loss, G, D, batch)[0].backward()
     return counter.get_total_flops()

@@ -16,18 +16,19 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 import gancli
 from gancli import checkpoint, runtime, tracking
 from gancli.console import progress_bar
-from gancli.config import LABELLED, MIXTURES, TrainApp, to_plain, to_typed
+from gancli.config import LABELLED, MIXTURES, TrainApp, to_plain, to_typed, train_config_from_plain
 from gancli.data import data_shape, load_data
 from gancli.errors import GancliError, user_errors
 from gancli.evaluate import evaluate, generate
 from gancli.inception import find_weights
 from gancli.files import write_json, write_text
 from gancli.images import save_grid, save_scatter
-from gancli.models import build_models
+from gancli.models import build_models, latents
 from gancli.step import TrainStep, plan_for, step_flops
 from gancli.timing import JsonLines, SectionTimer
 
@@ -88,11 +89,13 @@ def _write_failure(run_dir: Path, status: str, error: str, t_start: float) -> No
 
 
 def check(cfg: TrainApp) -> torch.device:
-    """Every start-up check that needs no data: device, precision, model against data shape."""
+    """Every start-up check that needs no data: device, precision, model against the data shape,
+    resume and evaluation settings, the logger."""
     device = runtime.resolve_device(cfg.device)
     runtime.check_precision(device, cfg.precision.name)
+    shape = data_shape(cfg.data)
     with torch.device("meta"):  # builds the networks without allocating their weights
-        build_models(cfg.model, data_shape(cfg.data))
+        build_models(cfg.model, shape)
     if cfg.train.resume not in (None, "auto"):
         checkpoint.find(cfg.train.resume)
     if cfg.eval.every and cfg.data.name not in LABELLED | MIXTURES:
@@ -117,25 +120,27 @@ def train(cfg: TrainApp, run_dir: Path) -> dict[str, Any]:
     ranks = runtime.Ranks.current()  # rank 0 of 1 unless torchrun started this process
     main_rank = ranks.is_main  # the one process that writes files and logs
 
+    # Data, networks, optimizers and the step that runs them.
     data = load_data(cfg.data, cfg.seed)
     plan = plan_for(cfg, device, data_parallel=ranks.data_parallel)
     timer = SectionTimer(device)
-    step_fn = TrainStep(cfg, data, device, plan, timer, ranks)  # builds G, D, optimizers and batches
-    G = step_fn.G
+    train_step = TrainStep(cfg, data, device, plan, timer, ranks)  # builds G, D, optimizers and batches
+    G = train_step.G_sample  # what grids and evaluations sample from: G's moving average, if any
     # one latent batch for every sample grid, drawn from its own generator so that writing
     # grids never shifts the training noise
     n_fixed = cfg.train.sample_n if data.is_image else POINTS_PLOTTED
-    fixed_z = torch.randn(n_fixed, G.z_dim, generator=torch.Generator().manual_seed(cfg.seed + 1)).to(device)
+    fixed_z, fixed_c = latents(G, n_fixed, device, torch.Generator().manual_seed(cfg.seed + 1))
 
     plain_cfg = to_plain(cfg)
     ckpt_dir, samples_dir = run_dir / "checkpoints", run_dir / "samples"
 
+    # Resume.
     start = 0
     resume_from = _resume_path(cfg.train.resume, ckpt_dir)
     if resume_from is not None:
         state = checkpoint.load(resume_from)
-        _check_resumable(state, plain_cfg, resume_from)
-        step_fn.load_state_dict(state)
+        _check_resumable(state, plain_cfg, train_step.state_dict(), resume_from)
+        train_step.load_state_dict(state)
         runtime.set_rng_state(state["rng"], device)
         start = state["step"]
         log.info("resumed from %s at step %d", resume_from, start)
@@ -144,21 +149,25 @@ def train(cfg: TrainApp, run_dir: Path) -> dict[str, Any]:
     if main_rank:
         write_text(run_dir / "config.yaml", OmegaConf.to_yaml(plain_cfg))  # every check has passed
 
+    # What the run writes: checkpoints, sample grids, timing and metrics rows, the tracker.
     def state_at(step: int) -> dict[str, Any]:
         runtime.synchronize(device)
         return {
             "step": step,
-            **step_fn.state_dict(),
+            **train_step.state_dict(),
             "rng": runtime.rng_state(device),
             "config": plain_cfg,
             "data_shape": list(data.shape),
         }
 
+    tracker = tracking.make_tracker(cfg.logger, run_dir if main_rank else None)
+
     def write_samples(step: int) -> None:
+        was_training = G.training
         G.eval()  # batch norm from running statistics, so a grid does not depend on its batch
         with torch.no_grad(), runtime.autocast(device, precision):
-            fake = G(fixed_z)
-        G.train()
+            fake = G(fixed_z, fixed_c)
+        G.train(was_training)
         path = samples_dir / f"step_{step:06d}.png"
         if data.is_image:
             save_grid(fake, path)
@@ -180,12 +189,11 @@ def train(cfg: TrainApp, run_dir: Path) -> dict[str, Any]:
     flops_per_step = step_flops(cfg, data.shape)
     peak, peak_source = runtime.peak_flops(device, precision)
     timing = JsonLines(run_dir / "timing.jsonl") if main_rank else None
-    tracker = tracking.make_tracker(cfg.logger, run_dir if main_rank else None)
     metrics_log = JsonLines(run_dir / "metrics.jsonl") if cfg.eval.every and main_rank else None
     metrics: Optional[dict[str, Any]] = None
     n_interval = n_timed = 0
     train_s, images_done = 0.0, 0
-    loss_d_mean = loss_g_mean = float("nan")
+    stats: dict[str, float] = {"loss_d": float("nan"), "loss_g": float("nan")}  # the last interval's means
     t_interval, pause_s = time.perf_counter(), 0.0
     step = start
     status = "completed"
@@ -195,8 +203,9 @@ def train(cfg: TrainApp, run_dir: Path) -> dict[str, Any]:
             if stop.requested and not ranks.data_parallel:
                 status = "interrupted"
                 break
+            # One step: D update(s), then G's. Compilation and graph capture are timed apart.
             t_step = time.perf_counter()
-            if step_fn(step):
+            if train_step(step):
                 n_timed += 1
             else:  # compilation or graph capture: reported apart, kept out of img/s
                 pause_s += time.perf_counter() - t_step
@@ -204,15 +213,16 @@ def train(cfg: TrainApp, run_dir: Path) -> dict[str, Any]:
             step += 1
             bar.update(step)
 
+            # Once per interval: the one host sync and, data-parallel, the one all-reduce.
             if step % cfg.train.log_every == 0 or step == steps:
-                runtime.synchronize(device)  # the one sync per interval
+                runtime.synchronize(device)
                 interval_s = max(time.perf_counter() - t_interval - pause_s, 1e-9)
                 ms = timer.read()
                 steps_per_s = n_timed / interval_s
-                # one all-reduce per interval in a data-parallel run: losses, img/s and stop requests
-                loss_d_sum, loss_g_sum, img_per_s, stops = ranks.sum(
-                    [*step_fn.take_losses(n_interval), steps_per_s * batch_size, float(stop.requested)], device)
-                loss_d_mean, loss_g_mean = loss_d_sum / ranks.world_size, loss_g_sum / ranks.world_size
+                means = train_step.take_stats()  # every stat the objective logs, averaged over the interval
+                *sums, img_per_s, stops = ranks.sum(
+                    [*means.values(), steps_per_s * batch_size, float(stop.requested)], device)
+                stats = {key: total / ranks.world_size for key, total in zip(means, sums)}
                 row = {
                     "step": step,
                     "elapsed_s": round(time.perf_counter() - t_start, 3),
@@ -222,8 +232,7 @@ def train(cfg: TrainApp, run_dir: Path) -> dict[str, Any]:
                     "data_ms": round(ms.get("data", 0.0) / n_interval, 3),
                     "peak_mem_mb": round(runtime.peak_memory_mb(device), 1),
                     "mfu": round(flops_per_step * steps_per_s / peak, 5),
-                    "loss_d": loss_d_mean,
-                    "loss_g": loss_g_mean,
+                    **stats,
                 }
                 if main_rank:
                     timing.write(row)
@@ -231,16 +240,19 @@ def train(cfg: TrainApp, run_dir: Path) -> dict[str, Any]:
                 if n_timed:
                     train_s += interval_s
                     images_done += n_timed * global_batch
-                stats = f"loss_d {loss_d_mean:.3f}  loss_g {loss_g_mean:.3f}  {row['img_per_s']:.0f} img/s"
-                bar.update(step, stats)
-                log.info("step %d/%d  %s  (d %.1f ms, g %.1f ms, data %.1f ms, MFU %.1f%%)", step, steps, stats,
+                line = f"loss_d {stats['loss_d']:.3f}  loss_g {stats['loss_g']:.3f}  {row['img_per_s']:.0f} img/s"
+                bar.update(step, line)
+                log.info("step %d/%d  %s  (d %.1f ms, g %.1f ms, data %.1f ms, MFU %.1f%%)", step, steps, line,
                          row["d_step_ms"], row["g_step_ms"], row["data_ms"], 100 * row["mfu"])
-                if not (math.isfinite(loss_d_mean) and math.isfinite(loss_g_mean)):
+                bad = [key for key, value in stats.items() if not math.isfinite(value)]
+                if bad:
                     if timing:
                         timing.close()
+                    if metrics_log:
+                        metrics_log.close()
                     tracker.close()
                     raise GancliError(
-                        f"the losses became non-finite by step {step} (loss_d {loss_d_mean}, loss_g {loss_g_mean}); "
+                        f"the losses became non-finite by step {step} ({', '.join(f'{k} {stats[k]}' for k in bad)}); "
                         "lower optimizer.lr or use precision=fp32"
                     )
                 n_interval = n_timed = 0
@@ -249,12 +261,13 @@ def train(cfg: TrainApp, run_dir: Path) -> dict[str, Any]:
                     break
                 t_interval, pause_s = time.perf_counter(), 0.0
 
-            t_write = time.perf_counter()  # writing files is kept out of the interval's time
+            # Samples, checkpoints, metrics: file time stays out of img/s.
+            t_write = time.perf_counter()
             sample_now = cfg.train.sample_every and step % cfg.train.sample_every == 0
             ckpt_now = cfg.train.ckpt_every and step % cfg.train.ckpt_every == 0
             eval_now = cfg.eval.every and step % cfg.eval.every == 0
             if sample_now or ckpt_now or eval_now:
-                ranks.average_buffers(G, step_fn.D)  # one set of batch-norm statistics to save and sample with
+                ranks.average_buffers(*train_step.modules())  # one set of batch-norm statistics to save and sample with
             if sample_now and main_rank:
                 write_samples(step)
             if ckpt_now and main_rank:
@@ -277,14 +290,14 @@ def train(cfg: TrainApp, run_dir: Path) -> dict[str, Any]:
 
     if step == start and resume_from is not None and status == "completed":
         log.info("the checkpoint is already at step %d of %d: nothing to train", step, steps)
-    ranks.average_buffers(G, step_fn.D)
-    checksums = ranks.checksums(G, step_fn.D) if ranks.data_parallel else None  # equal when every rank agrees
+    ranks.average_buffers(*train_step.modules())
+    checksums = ranks.checksums(train_step.G, train_step.D) if ranks.data_parallel else None  # equal when every rank agrees
     if not main_rank:
         # pairs with rank 0's barrier below: torchrun ends every rank when one exits badly, so no
         # rank leaves before rank 0's last files are written
         ranks.barrier()
-        return {"status": status, "steps": step, "loss_d": loss_d_mean, "loss_g": loss_g_mean,
-                "objective": objective({"loss_g": loss_g_mean})}
+        return {"status": status, "steps": step, "loss_d": stats["loss_d"], "loss_g": stats["loss_g"],
+                "objective": objective({"loss_g": stats["loss_g"]})}
     checkpoint.save(state_at(step), ckpt_dir / "last.pt")
     if not (samples_dir / f"step_{step:06d}.png").exists():
         write_samples(step)
@@ -297,14 +310,15 @@ def train(cfg: TrainApp, run_dir: Path) -> dict[str, Any]:
         "target_steps": steps,
         "wall_s": round(time.perf_counter() - t_start, 3),
         "train_s": round(train_s, 3),
-        "setup_s": round(step_fn.setup_s, 3),  # compilation and graph capture, outside img/s
+        "setup_s": round(train_step.setup_s, 3),  # compilation and graph capture, outside img/s
         "img_per_s": round(img_per_s, 1) if img_per_s else None,
         "mfu": round(flops_per_step * img_per_s / global_batch / peak, 5) if img_per_s else None,
         "flops_per_step": flops_per_step,
         "peak_flops": peak,
         "peak_flops_source": peak_source,
-        "loss_d": loss_d_mean,
-        "loss_g": loss_g_mean,
+        "loss_d": stats["loss_d"],
+        "loss_g": stats["loss_g"],
+        "stats": stats,  # every logged stat of the last interval
         "metrics": metrics,  # the last evaluation, when eval.every is on
         "model": cfg.model.name,
         "data": cfg.data.name.value,
@@ -348,16 +362,20 @@ def _resume_path(resume: Optional[str], ckpt_dir: Path) -> Optional[Path]:
     return checkpoint.find(resume)
 
 
-def _check_resumable(state: dict[str, Any], plain_cfg: dict[str, Any], path: Path) -> None:
-    """A run may change its schedule or optimizer settings, not what it trains."""
-    saved = state["config"]
+def _check_resumable(state: dict[str, Any], plain_cfg: dict[str, Any], expected: dict[str, Any], path: Path) -> None:
+    """A run may change its schedule or optimizer settings, not what it trains; `expected` is the
+    state this run's step saves, whose keys the checkpoint must have."""
+    try:  # keys added to gancli since the checkpoint was written take their defaults
+        saved = to_plain(train_config_from_plain(state["config"]))
+    except (GancliError, TypeError, ValueError, KeyError, OmegaConfBaseException):
+        saved = state["config"] if isinstance(state["config"], dict) else {}
     for key in ("model", "data"):
         if saved.get(key) != plain_cfg[key]:
             raise GancliError(
                 f"cannot resume from {path}: it was trained with a different {key} config "
                 f"({saved.get(key)}); use the same {key} settings or start a new run"
             )
-    missing = [key for key in ("D", "opt_g", "opt_d", "scaler_g", "scaler_d", "rng") if key not in state]
+    missing = [key for key in (*expected, "rng") if key not in state]
     if missing:
         raise GancliError(f"cannot resume from {path}: it lacks {', '.join(missing)}")
 

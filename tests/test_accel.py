@@ -197,7 +197,7 @@ def test_scalers_round_trip_through_a_checkpoint(tmp_path):
 
 
 def test_step_flops_scale_with_batch_and_d_steps():
-    cfg = compose_train("model=seed", "loss.r1_gamma=0")
+    cfg = compose_train("model=classic", "loss.r1_gamma=0")
     one = step_flops(cfg, (1, 28, 28))
     assert one > 0
     cfg.train.batch_size *= 2
@@ -261,8 +261,8 @@ def test_bench_times_the_rest_when_a_variant_fails(tmp_path, monkeypatch):
 
 
 def test_r1_penalty_counts_in_the_step_flops_and_keeps_graphs_off():
-    plain = step_flops(compose_train("model=seed", "loss.r1_gamma=0"), (1, 28, 28))
-    assert step_flops(compose_train("model=seed"), (1, 28, 28)) > plain  # seed's default gamma is 10
+    plain = step_flops(compose_train("model=classic", "loss.r1_gamma=0"), (1, 28, 28))
+    assert step_flops(compose_train("model=classic"), (1, 28, 28)) > plain  # classic's default gamma is 10
     plan = runtime.plan_accel(AccelConfig(), torch.device("cuda"), Precision.bf16, has_convs=True, double_backward=True)
     assert not plan.cuda_graphs and "R1" in plan.notes[0]
 
@@ -272,13 +272,13 @@ def test_r1_penalty_lowers_the_discriminators_input_gradient(tmp_path):
     from gancli.data import load_data
 
     def grad_norm(gamma):
-        cfg = compose_train("model=seed", f"loss.r1_gamma={gamma}", "train.batch_size=16", "device=cpu")
+        cfg = compose_train("model=classic", f"loss.r1_gamma={gamma}", "train.batch_size=16", "device=cpu")
         data = load_data(cfg.data, 0)
         runtime.seed_everything(0)
         step_fn = TrainStep(cfg, data, CPU, plan_for(cfg, CPU), SectionTimer(CPU))
         for k in range(30):
             step_fn(k)
-        real = step_fn.batches(0).requires_grad_(True)
+        real = step_fn.batches(0).x.requires_grad_(True)
         (grad,) = torch.autograd.grad(step_fn.D(real).sum(), real)
         return grad.pow(2).flatten(1).sum(1).mean().item()
     assert grad_norm(10) < 0.5 * grad_norm(0)

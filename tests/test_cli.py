@@ -55,11 +55,14 @@ def test_sample_from_a_run_folder_is_seeded(tiny_run, tmp_path):
 
 
 def test_same_seed_same_weights_and_resume_is_exact(tmp_path):
+    # in-process: train() is what the command runs once its config is composed
+    from gancli.train import train
+    from test_config import compose_train
+
     base = [a for a in TINY if not a.startswith("train.steps")] + ["train.ckpt_every=0"]
-    run_gancli("train", *base, "train.steps=8", f"hydra.run.dir={tmp_path / 'straight'}", cwd=tmp_path)
-    run_gancli("train", *base, "train.steps=4", f"hydra.run.dir={tmp_path / 'resumed'}", cwd=tmp_path)
-    run_gancli("train", *base, "train.steps=8", "train.resume=auto", f"hydra.run.dir={tmp_path / 'resumed'}",
-               cwd=tmp_path)
+    train(compose_train(*base, "train.steps=8"), tmp_path / "straight")
+    train(compose_train(*base, "train.steps=4"), tmp_path / "resumed")
+    train(compose_train(*base, "train.steps=8", "train.resume=auto"), tmp_path / "resumed")
     straight = torch.load(tmp_path / "straight" / "checkpoints" / "last.pt", weights_only=True)
     resumed = torch.load(tmp_path / "resumed" / "checkpoints" / "last.pt", weights_only=True)
     assert straight["step"] == resumed["step"] == 8
@@ -102,34 +105,53 @@ def test_points_data_gives_scatter_plots(tmp_path):
 
 
 def test_cfg_job_prints_the_composed_config(tmp_path):
-    proc = run_gancli("train", "model=seed", "precision=bf16", "--cfg", "job", cwd=tmp_path)
-    assert "name: seed" in proc.stdout and "name: bf16" in proc.stdout and "steps:" in proc.stdout
+    proc = run_gancli("train", "model=classic", "precision=bf16", "--cfg", "job", cwd=tmp_path)
+    assert "name: classic" in proc.stdout and "name: bf16" in proc.stdout and "steps:" in proc.stdout
     assert not (tmp_path / "outputs").exists()
     proc = run_gancli("sample", "--cfg", "job", cwd=tmp_path)  # prints what must still be given
     assert "ckpt: ???" in proc.stdout
 
 
-@pytest.mark.parametrize(
-    "args,expected",
-    [
-        (["train", "precision=bf17"], "precision=bf17"),
-        (["train", "train.steps=-5"], "train.steps=-5"),
-        (["train", "train.unknown=1"], "train.unknown"),
-        (["train", "device=cuda"], "device=cuda"),
-        (["train", "device=mps"], "device=mps"),
-        (["sample", "ckpt=missing.pt"], "missing.pt"),
-        (["sample"], "ckpt"),
-        (["fly"], "unknown command"),
-    ],
-)
-def test_bad_input_is_one_clean_line(tmp_path, args, expected):
+BAD_INPUT = [
+    (["train", "precision=bf17"], "precision=bf17"),
+    (["train", "train.steps=-5"], "train.steps=-5"),
+    (["train", "train.unknown=1"], "train.unknown"),
+    (["train", "device=cuda"], "device=cuda"),
+    (["train", "device=mps"], "device=mps"),
+    (["sample", "ckpt=missing.pt"], "missing.pt"),
+    (["sample"], "ckpt"),
+    (["fly"], "unknown command"),
+]
+
+
+def _skip_if_present(args):
     if "device=cuda" in args and torch.cuda.is_available():
         pytest.skip("a CUDA GPU is present here")
+
+
+@pytest.mark.parametrize("args,expected", [BAD_INPUT[0], BAD_INPUT[5]])
+def test_bad_input_is_one_clean_line(tmp_path, args, expected):
+    """The real command line: exit status 2, one line, no traceback, no run folder."""
     proc = run_gancli(*args, cwd=tmp_path, check=False)
-    assert proc.returncode != 0
+    assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("gancli: error:") and expected in lines[0], proc.stderr
     assert not (tmp_path / "outputs").exists()  # failed before any run folder was made
+
+
+@pytest.mark.parametrize("args,expected", BAD_INPUT)
+def test_bad_input_is_one_clean_line_in_process(tmp_path, monkeypatch, capsys, args, expected):
+    """Every case through the dispatcher itself, in this process (no interpreter start each)."""
+    from gancli import cli
+
+    _skip_if_present(args)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as info:
+        cli.main(args)
+    assert info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("gancli: error:") and expected in lines[0], lines
+    assert not (tmp_path / "outputs").exists()
 
 
 def test_corrupt_and_foreign_checkpoints(tiny_run, tmp_path):
@@ -155,7 +177,7 @@ def test_train_help_lists_the_groups_and_only_real_options(tmp_path):
     proc = run_gancli("train", "--help", cwd=tmp_path)
     section = proc.stdout.split("== Configuration groups ==")[1].split("== Config ==")[0]
     groups = dict(line.split(": ", 1) for line in section.splitlines() if ": " in line and "(" not in line)
-    assert groups["model"] == "dcgan, mlp, seed"  # the typed schemas behind them are not options
+    assert groups["model"] == "classic, dcgan, mlp"  # the typed schemas behind them are not options
     assert groups["logger"] == "none, tensorboard" and groups["hparams_search"] == "optuna_lr"
 
 

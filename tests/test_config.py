@@ -42,7 +42,7 @@ def test_top_level_keys_are_frozen():
 @pytest.mark.parametrize(
     "group,names",
     [
-        ("model", ["dcgan", "mlp", "seed"]),
+        ("model", ["classic", "dcgan", "mlp"]),
         ("data", ["cifar10", "digits", "fake", "fashion_mnist", "folder", "grid", "mnist", "ring", "stacked_mnist"]),
         ("optimizer", ["adam", "rmsprop", "sgd"]),
         ("loss", ["minimax", "ns"]),
@@ -63,9 +63,19 @@ def test_every_group_option_composes(group, names):
 
 
 @pytest.mark.parametrize("name", options("experiment"))
-def test_every_experiment_composes(name):
-    cfg = compose_train(f"experiment={name}")
-    assert cfg.train.steps != compose_train().train.steps  # the preset wins over train.yaml
+def test_every_experiment_changes_the_defaults_and_trains(name, tmp_path):
+    preset = to_plain(compose_train(f"experiment={name}"))
+    assert preset != to_plain(compose_train())  # the preset wins over train.yaml
+    # one tiny step of it, on the bundled digits where it names a data set to download
+    data = ["data=digits"] if preset["data"]["name"] in ("mnist", "fashion_mnist", "cifar10") else []
+    cfg = compose_train(f"experiment={name}", *data, "device=cpu", "train.steps=1", "train.batch_size=8",
+                        "train.sample_every=0", "train.ckpt_every=0", "train.log_every=1")
+    for key, small in (("g_width", 8), ("d_width", 8), ("d_dense", 16), ("width", 16)):
+        if hasattr(cfg.model, key):
+            setattr(cfg.model, key, small)
+    summary = train.train(cfg, tmp_path / "run")
+    assert summary["status"] == "completed" and summary["steps"] == 1
+    assert (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
 
 
 def test_experiment_sets_groups_and_keys_and_the_command_line_wins():
@@ -103,14 +113,19 @@ def test_plain_round_trip():
         (["train.batch_size=0"], ["train.batch_size=0"]),
         (["train.foo=1"], ["train.foo", "train.steps"]),
         (["bogus=1"], ["bogus", "model"]),
-        (["model=seed", "model.depth=3"], ["model.depth", "model.z_dim"]),
+        (["model=classic", "model.depth=3"], ["model.depth", "model.z_dim"]),
         (["optimizer.name=adamw"], ["optimizer.name", "adam", "sgd", "rmsprop"]),
         (["optimizer.lr=-1"], ["optimizer.lr"]),
         (["optimizer.beta1=1.5"], ["optimizer.beta1"]),
         (["loss.r1_gamma=-1"], ["loss.r1_gamma=-1.0", ">= 0"]),
         (["train.steps=many"], ["train.steps"]),
-        (["model=gpt"], ["model=gpt", "dcgan", "mlp", "seed"]),
-        (["model=seed", "data=ring"], ["model=mlp"]),
+        (["model=gpt"], ["model=gpt", "classic", "dcgan", "mlp"]),
+        (["model=seed"], ["model=seed is now model=classic"]),
+        (["experiment=rign"], ["experiment=rign is not an option", "debug", "ring"]),
+        (["experiment=[ring,debugg]"], ["experiment=debugg is not an option"]),
+        (["experiment=mnist_seed"], ["experiment=mnist_seed is now experiment=mnist_classic"]),
+        (["hparams_search=optuna"], ["hparams_search=optuna is not an option", "optuna_lr"]),
+        (["model=classic", "data=ring"], ["model=mlp"]),
         (["data.image_size=30"], ["data.image_size"]),
         (["data.channels=2"], ["data.channels"]),
         (["precision=fp16", "device=cpu"], ["fp16", "bf16"]),
@@ -130,7 +145,7 @@ def test_bad_values_fail_in_one_line(overrides, expected):
 def test_bad_value_in_any_sweep_job_fails():
     with pytest.raises(GancliError, match="optimizer.lr"):
         cli.preflight(train, ["-m", "optimizer.lr=1e-4,-1e-4"])
-    cli.preflight(train, ["-m", "optimizer.lr=1e-4,2e-4", "model=seed,dcgan", "device=cpu"])
+    cli.preflight(train, ["-m", "optimizer.lr=1e-4,2e-4", "model=classic,dcgan", "device=cpu"])
 
 
 def test_sample_requires_a_checkpoint():
@@ -140,9 +155,9 @@ def test_sample_requires_a_checkpoint():
         cli.preflight(sample, ["ckpt=x", "n=0"])
 
 
-def test_the_seed_model_brings_its_r1_penalty():
-    assert compose_train("model=seed").loss.r1_gamma == 10
-    assert compose_train("model=seed", "loss=minimax").loss.r1_gamma == 10  # the loss group leaves it alone
-    assert compose_train("model=seed", "loss.r1_gamma=0").loss.r1_gamma == 0
+def test_the_classic_model_brings_its_r1_penalty():
+    assert compose_train("model=classic").loss.r1_gamma == 10
+    assert compose_train("model=classic", "loss=minimax").loss.r1_gamma == 10  # the loss group leaves it alone
+    assert compose_train("model=classic", "loss.r1_gamma=0").loss.r1_gamma == 0
     assert compose_train("model=dcgan").loss.r1_gamma == 0
-    assert compose_train("experiment=mnist_seed").loss.r1_gamma == 10
+    assert compose_train("experiment=mnist_classic").loss.r1_gamma == 10

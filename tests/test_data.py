@@ -109,11 +109,12 @@ def test_batches_cover_each_epoch_once_and_depend_only_on_the_index():
 
     x = torch.arange(10, dtype=torch.float32)[:, None].repeat(1, 2)
     batches = Batches(Data(x=x), batch_size=3, seed=0, device=torch.device("cpu"))
-    epoch = torch.cat([batches(k)[:, 0] for k in range(3)])  # 3 batches of 3; one sample dropped
+    epoch = torch.cat([batches(k).x[:, 0] for k in range(3)])  # 3 batches of 3; one sample dropped
     assert len(set(epoch.tolist())) == 9
     fresh = Batches(Data(x=x), batch_size=3, seed=0, device=torch.device("cpu"))
-    assert torch.equal(fresh(4), batches(4)) and torch.equal(fresh(1), batches(1))
-    assert not torch.equal(batches(0), batches(3))  # a new permutation next epoch
+    assert torch.equal(fresh(4).x, batches(4).x) and torch.equal(fresh(1).x, batches(1).x)
+    assert not torch.equal(batches(0).x, batches(3).x)
+    assert batches(0).c is None  # no labels unless asked  # a new permutation next epoch
 
 
 def test_ranks_take_disjoint_slices_of_the_single_process_global_batch():
@@ -124,11 +125,26 @@ def test_ranks_take_disjoint_slices_of_the_single_process_global_batch():
     whole = Batches(Data(x=x), batch_size=6, seed=3, device=cpu)  # one process, the global batch
     ranks = [Batches(Data(x=x), batch_size=2, seed=3, device=cpu, rank=r, world_size=3) for r in range(3)]
     for k in range(5):  # across an epoch boundary (3 global batches per epoch)
-        slices = [b(k)[:, 0] for b in ranks]
-        assert torch.equal(torch.cat(slices), whole(k)[:, 0])
+        slices = [b(k).x[:, 0] for b in ranks]
+        assert torch.equal(torch.cat(slices), whole(k).x[:, 0])
         assert len(set(torch.cat(slices).tolist())) == 6
     with pytest.raises(GancliError, match=r"train.batch_size=8 x 3 processes = 24 is larger"):
         Batches(Data(x=x), batch_size=8, seed=0, device=cpu, rank=0, world_size=3)
+
+
+@pytest.mark.parametrize("loader", [False, True])
+def test_labelled_batches_keep_each_sample_with_its_class(loader):
+    from gancli.data import Data, LoaderBatches
+
+    x = torch.arange(12, dtype=torch.float32)[:, None].repeat(1, 2)
+    data = Data(x=x, labels=torch.arange(12) % 4)
+    cls = LoaderBatches if loader else Batches
+    batches = cls(data, batch_size=4, seed=1, device=torch.device("cpu"), labels=True)
+    for k in range(4):
+        batch = batches(k)
+        assert torch.equal(batch.c, batch.x[:, 0].long() % 4)
+    with pytest.raises(GancliError, match="no class labels"):
+        cls(Data(x=x), batch_size=4, seed=1, device=torch.device("cpu"), labels=True)
 
 
 def test_batch_larger_than_data():

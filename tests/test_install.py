@@ -2,6 +2,7 @@
 
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,10 +11,17 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_installed_package_ships_its_configs(tmp_path):
+    # build from a copy of the tracked tree: setuptools reuses a build/ folder it finds, so a stale
+    # one (a renamed config, say) would ship, and a build in the checkout itself would leave one
+    source = tmp_path / "source"
+    for name in ("gancli", "configs"):
+        shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
     target = tmp_path / "site"
     isolation = [] if importlib.util.find_spec("setuptools") is None else ["--no-build-isolation"]
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", *isolation, "--target", str(target), str(ROOT)],
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", *isolation, "--target", str(target), str(source)],
         check=True, capture_output=True, text=True,
     )
     def yaml_files(root: Path) -> list[Path]:
@@ -21,7 +29,7 @@ def test_installed_package_ships_its_configs(tmp_path):
 
     # every config ships: a new config folder must be added to pyproject.toml's packages
     assert yaml_files(target / "gancli" / "configs") == yaml_files(ROOT / "configs")
-    assert (target / "gancli" / "configs" / "model" / "seed.yaml").is_file()
+    assert (target / "gancli" / "configs" / "model" / "classic.yaml").is_file()
 
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()

@@ -73,3 +73,4 @@ def test_r1_penalty_is_the_squared_input_gradient_norm():
     assert torch.allclose(penalty, expected, atol=1e-6)
     penalty.backward()  # differentiable in D's weights: d/dw mean ||grad||^2 = 2 * mean(grad)
     assert torch.allclose(w.grad, 2 * grad.mean(0), atol=1e-6)
+

@@ -1,9 +1,11 @@
 import pytest
 import torch
 
-from gancli.config import Activation, DCGANModel, MLPModel, SeedModel
+from gancli.models import FAMILIES, build_models, classic, dcgan, mlp
 from gancli.errors import GancliError
-from gancli.models import MODELS, build_models
+from gancli.models.mlp import Activation
+
+DCGANModel, MLPModel, ClassicModel = dcgan.Config, mlp.Config, classic.Config
 
 
 def _check(G, D, shape, batch=3):
@@ -17,11 +19,11 @@ def _check(G, D, shape, batch=3):
 
 
 def test_registry_names():
-    assert set(MODELS) == {"seed", "dcgan", "mlp"}
+    assert set(FAMILIES) == {"classic", "dcgan", "mlp"}
 
 
-def test_seed_is_the_classic_mnist_gan():
-    G, D = build_models(SeedModel(), (1, 28, 28))
+def test_classic_is_the_classic_mnist_gan():
+    G, D = build_models(ClassicModel(), (1, 28, 28))
     x = _check(G, D, (1, 28, 28))
     assert x.min() >= -1 and x.max() <= 1  # tanh output
     dense = [m for m in G.modules() if isinstance(m, torch.nn.Linear)]
@@ -69,9 +71,9 @@ def test_mlp_points_are_unbounded_and_images_are_not():
     assert isinstance(list(G.modules())[-1], torch.nn.Tanh)
 
 
-def test_seed_refuses_points():
+def test_classic_refuses_points():
     with pytest.raises(GancliError, match="model=mlp"):
-        build_models(SeedModel(), (2,))
+        build_models(ClassicModel(), (2,))
 
 
 def test_same_seed_same_weights():

@@ -1,25 +1,58 @@
-"""Model registry: a model family is rebuilt from its name and config, never unpickled.
+"""The model families, and the one place where a (G, D) pair is built and G's noise is drawn.
 
-Each builder takes (model config, data shape) and returns (G, D): G maps z of shape
-(B, G.z_dim) to samples of shape (B, *shape); D maps samples to logits of shape (B,).
+A family is one module with a `Config` dataclass (its schema, whose `name` is the family's
+name), its `TRAITS` and `build(cfg, shape) -> (G, D)`. G maps z of shape (B, G.z_dim) and class
+labels c (B,) or None to samples of shape (B, *shape); D maps samples and c to logits of shape
+(B,). Networks are rebuilt from the family's name and config, never unpickled.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from types import ModuleType
+from typing import Any, Optional
 
+import torch
 from torch import nn
 
 from gancli.errors import GancliError
-from gancli.models import dcgan, mlp, seed
+from gancli.models import classic, dcgan, mlp
+from gancli.models.base import ModelConfig, Traits, check_shape
 
-Builder = Callable[[Any, tuple], "tuple[nn.Module, nn.Module]"]
+FAMILIES: dict[str, ModuleType] = {m.Config.name: m for m in (classic, dcgan, mlp)}
+# earlier names of a family, so that checkpoints written under them still load
+RENAMED = {"seed": "classic"}
 
-MODELS: dict[str, Builder] = {"seed": seed.build, "dcgan": dcgan.build, "mlp": mlp.build}
+
+def family(name: str) -> ModuleType:
+    """The family module called `name` (or by an earlier name)."""
+    name = RENAMED.get(name, name)
+    if name not in FAMILIES:
+        raise GancliError(f"unknown model '{name}'; known: {', '.join(FAMILIES)}")
+    return FAMILIES[name]
+
+
+def traits(cfg: ModelConfig) -> Traits:
+    return family(cfg.name).TRAITS
 
 
 def build_models(cfg: Any, shape: tuple) -> tuple[nn.Module, nn.Module]:
     """(G, D) for a model config and a data shape: (C, H, W) images or (2,) points."""
-    if cfg.name not in MODELS:
-        raise GancliError(f"unknown model '{cfg.name}'; known: {', '.join(MODELS)}")
-    return MODELS[cfg.name](cfg, tuple(shape))
+    fam = family(cfg.name)
+    shape = tuple(shape)
+    check_shape(cfg.name, fam.TRAITS, shape)
+    return fam.build(cfg, shape)
+
+
+def latents(G: nn.Module, n: int, device: torch.device,
+            gen: Optional[torch.Generator] = None) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """(z (n, z_dim), c (n,) class labels or None) for G or a DistributedDataParallel wrapper of
+    it. gen=None draws on the device, which CUDA graphs can capture; a CPU generator gives the
+    same noise on every device."""
+    G = getattr(G, "module", G)  # DistributedDataParallel keeps the network as .module
+    if gen is None:
+        z = torch.randn(n, G.z_dim, device=device)
+        c = torch.randint(G.n_classes, (n,), device=device) if G.n_classes else None
+    else:
+        z = torch.randn(n, G.z_dim, generator=gen).to(device)
+        c = torch.randint(G.n_classes, (n,), generator=gen).to(device) if G.n_classes else None
+    return z, c

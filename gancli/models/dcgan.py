@@ -2,22 +2,34 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Optional
+
 import torch
 from torch import nn
 
-from gancli.config import DCGANModel
-from gancli.errors import GancliError
+from gancli.errors import at_least
+from gancli.models.base import ModelConfig, Traits
 
-SIZES = (16, 28, 32, 64, 128)
+
+@dataclass
+class Config(ModelConfig):
+    """Strided transposed convs with batch norm in G, strided convs in D."""
+
+    name: str = "dcgan"
+    g_width: int = 64  # channels of G's last hidden layer; doubles towards the input
+    d_width: int = 64  # channels of D's first layer; doubles towards the output
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        at_least(self, "model", 1, "g_width", "d_width")
+
+
+TRAITS = Traits(convolutional=True, sizes=(16, 28, 32, 64, 128))
 
 
 def _layout(shape: tuple) -> tuple[int, int]:
     """(side of the smallest feature map, number of 2x up/down-samplings) for an image shape."""
-    if len(shape) != 3 or shape[1] != shape[2] or shape[1] not in SIZES:
-        raise GancliError(
-            f"model=dcgan needs square images of side {', '.join(map(str, SIZES))}, not {'x'.join(map(str, shape))}; "
-            "set data.image_size"
-        )
     side = shape[1]
     base = 7 if side == 28 else 4
     return base, (side // base).bit_length() - 1
@@ -35,7 +47,9 @@ def _init(module: nn.Module) -> None:
 
 
 class Generator(nn.Module):
-    def __init__(self, cfg: DCGANModel, shape: tuple):
+    n_classes = 0  # unconditional
+
+    def __init__(self, cfg: Config, shape: tuple):
         super().__init__()
         base, ups = _layout(shape)
         self.z_dim = cfg.z_dim
@@ -53,12 +67,12 @@ class Generator(nn.Module):
         self.net = nn.Sequential(*layers)
         self.apply(_init)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, c: Optional[torch.Tensor] = None) -> torch.Tensor:
         return self.net(z[:, :, None, None])
 
 
 class Discriminator(nn.Module):
-    def __init__(self, cfg: DCGANModel, shape: tuple):
+    def __init__(self, cfg: Config, shape: tuple):
         super().__init__()
         base, downs = _layout(shape)
         width = cfg.d_width
@@ -71,9 +85,9 @@ class Discriminator(nn.Module):
         self.net = nn.Sequential(*layers)
         self.apply(_init)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, c: Optional[torch.Tensor] = None) -> torch.Tensor:
         return self.net(x).flatten()
 
 
-def build(cfg: DCGANModel, shape: tuple) -> tuple[nn.Module, nn.Module]:
+def build(cfg: Config, shape: tuple) -> tuple[nn.Module, nn.Module]:
     return Generator(cfg, shape), Discriminator(cfg, shape)

@@ -3,11 +3,42 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from enum import Enum
+from typing import Optional
 
 import torch
 from torch import nn
 
-from gancli.config import Activation, MLPModel
+from gancli.errors import at_least
+from gancli.models.base import ModelConfig, Traits
+
+
+class Activation(Enum):
+    relu = "relu"
+    leaky_relu = "leaky_relu"
+    tanh = "tanh"
+    gelu = "gelu"
+    silu = "silu"
+
+
+@dataclass
+class Config(ModelConfig):
+    """Dense G and D of configurable depth and width."""
+
+    name: str = "mlp"
+    z_dim: int = 64
+    depth: int = 3  # hidden layers in each network
+    width: int = 256
+    activation: Activation = Activation.relu
+    batch_norm: bool = False  # batch norm after each hidden layer of G
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        at_least(self, "model", 1, "depth", "width")
+
+
+TRAITS = Traits(convolutional=False, points=True)
 
 _ACTIVATIONS = {
     Activation.relu: nn.ReLU,
@@ -18,7 +49,7 @@ _ACTIVATIONS = {
 }
 
 
-def _hidden(n_in: int, cfg: MLPModel, batch_norm: bool) -> tuple[list[nn.Module], int]:
+def _hidden(n_in: int, cfg: Config, batch_norm: bool) -> tuple[list[nn.Module], int]:
     layers: list[nn.Module] = []
     for _ in range(cfg.depth):
         layers.append(nn.Linear(n_in, cfg.width))
@@ -30,7 +61,9 @@ def _hidden(n_in: int, cfg: MLPModel, batch_norm: bool) -> tuple[list[nn.Module]
 
 
 class Generator(nn.Module):
-    def __init__(self, cfg: MLPModel, shape: tuple):
+    n_classes = 0  # unconditional
+
+    def __init__(self, cfg: Config, shape: tuple):
         super().__init__()
         self.z_dim = cfg.z_dim
         self.shape = shape
@@ -40,19 +73,19 @@ class Generator(nn.Module):
             layers.append(nn.Tanh())  # images live in [-1, 1]; points are unbounded
         self.net = nn.Sequential(*layers)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, c: Optional[torch.Tensor] = None) -> torch.Tensor:
         return self.net(z).view(z.shape[0], *self.shape)
 
 
 class Discriminator(nn.Module):
-    def __init__(self, cfg: MLPModel, shape: tuple):
+    def __init__(self, cfg: Config, shape: tuple):
         super().__init__()
         layers, width = _hidden(math.prod(shape), cfg, batch_norm=False)
         self.net = nn.Sequential(nn.Flatten(), *layers, nn.Linear(width, 1))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, c: Optional[torch.Tensor] = None) -> torch.Tensor:
         return self.net(x).squeeze(1)  # (B,) logits
 
 
-def build(cfg: MLPModel, shape: tuple) -> tuple[nn.Module, nn.Module]:
+def build(cfg: Config, shape: tuple) -> tuple[nn.Module, nn.Module]:
     return Generator(cfg, shape), Discriminator(cfg, shape)

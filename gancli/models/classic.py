@@ -3,16 +3,37 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 from torch import nn
 
-from gancli.config import SeedModel
-from gancli.errors import GancliError
+from gancli.errors import at_least
+from gancli.models.base import ModelConfig, Traits
+
+
+@dataclass
+class Config(ModelConfig):
+    """G dense 128 -> 128 -> 784, D conv 64 5x5/2 -> conv 128 5x5/2 -> dense 1024 -> 1."""
+
+    name: str = "classic"
+    g_width: int = 128  # G's two hidden dense layers
+    d_width: int = 64  # D's convs have d_width and 2 * d_width channels
+    d_dense: int = 1024  # D's hidden dense layer
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        at_least(self, "model", 1, "g_width", "d_width", "d_dense")
+
+
+TRAITS = Traits(convolutional=True)  # any image size; D's dense layer follows it
 
 
 class Generator(nn.Module):
-    def __init__(self, cfg: SeedModel, shape: tuple):
+    n_classes = 0  # unconditional
+
+    def __init__(self, cfg: Config, shape: tuple):
         super().__init__()
         self.z_dim = cfg.z_dim
         self.shape = shape
@@ -25,12 +46,12 @@ class Generator(nn.Module):
             nn.Tanh(),  # images live in [-1, 1]
         )
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, c: Optional[torch.Tensor] = None) -> torch.Tensor:
         return self.net(z).view(z.shape[0], *self.shape)  # (B, C, H, W)
 
 
 class Discriminator(nn.Module):
-    def __init__(self, cfg: SeedModel, shape: tuple):
+    def __init__(self, cfg: Config, shape: tuple):
         super().__init__()
         c, h, w = shape
         h4, w4 = (h + 3) // 4, (w + 3) // 4  # two stride-2 convs with padding 2
@@ -45,11 +66,9 @@ class Discriminator(nn.Module):
             nn.Linear(cfg.d_dense, 1),
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, c: Optional[torch.Tensor] = None) -> torch.Tensor:
         return self.net(x).squeeze(1)  # (B,) logits
 
 
-def build(cfg: SeedModel, shape: tuple) -> tuple[nn.Module, nn.Module]:
-    if len(shape) != 3:
-        raise GancliError("model=seed needs image data; for 2-D points (data=ring, data=grid) use model=mlp")
+def build(cfg: Config, shape: tuple) -> tuple[nn.Module, nn.Module]:
     return Generator(cfg, shape), Discriminator(cfg, shape)

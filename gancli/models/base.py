@@ -1,0 +1,43 @@
+"""What every model family shares: the config fields, the traits a family states about itself,
+and the check that a data shape is one the family builds for."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from gancli.errors import GancliError, at_least
+
+
+@dataclass
+class ModelConfig:
+    """The keys of every family; each family's Config adds its own."""
+
+    name: str = "?"
+    z_dim: int = 100  # the noise G maps to a sample
+
+    def __post_init__(self) -> None:
+        at_least(self, "model", 1, "z_dim")
+
+
+@dataclass(frozen=True)
+class Traits:
+    """What a family says about itself, so that no other code decides it from the name."""
+
+    convolutional: bool  # D convolves images, so NHWC (channels_last) activations can pay off
+    sizes: Optional[tuple[int, ...]] = None  # the square image sides it builds for; None: any size
+    points: bool = False  # it also builds for 2-D points (data=ring, data=grid)
+
+
+def check_shape(name: str, traits: Traits, shape: tuple) -> None:
+    """Refuse, in one line, a data shape (C, H, W) or (2,) that the family does not build for."""
+    points = len(shape) == 1
+    square = len(shape) == 3 and shape[1] == shape[2]
+    if traits.sizes is not None and not (square and shape[1] in traits.sizes):
+        hint = " (for 2-D points use model=mlp)" if points else ""
+        raise GancliError(
+            f"model={name} needs square images of side {', '.join(map(str, traits.sizes))}, "
+            f"not {'x'.join(map(str, shape))}; set data.image_size{hint}"
+        )
+    if points and not traits.points:
+        raise GancliError(f"model={name} needs image data; for 2-D points (data=ring, data=grid) use model=mlp")
