@@ -8,7 +8,11 @@
 #    eager and fast again with channels_last;
 # 3. one process under torchrun (NCCL, DistributedDataParallel), the same run as 1, compared with eager;
 # 4. the timing instrumentation's cost: fast bf16 DCGAN-64 at batch 64 with and without its timers;
-# 5. torch.compile at batch 64 (last: its compile time is the least predictable).
+# 5. torch.compile at batch 64;
+# 6. the modern recipes under capture: the classic model's R1 double backward, and R3GAN's
+#    objective (R1 + R2) with G_ema's update and DiffAugment inside the graphs, each trained
+#    fast against eager and compared; bench rows for the recipe presets (DCGAN 64x64 RGB, bf16,
+#    batch 64), and the pytest cases marked gpu (tests/test_gpu.py).
 # Each check runs under its own time limit and the script goes on past a failed one, so one
 # broken piece still leaves the others' figures; the last lines list what failed.
 # Where hydra is missing (see shared/wheels-gpu), put its wheels in .whl/ beside this checkout first
@@ -88,6 +92,27 @@ check overhead 90 python3 docs/overhead.py model=dcgan data.image_size=64 data.c
 # 5. torch.compile on the modules
 check bench_compile 120 gancli bench model=dcgan data=fake data.image_size=64 data.channels=3 data.n=8192 \
   train.batch_size=64 precision=bf16 accel=eager accel.compile=default hydra.run.dir="$out/bench_compile" "${quick[@]}"
+
+# 6. the recipes under capture (fast) against eager, then their bench rows
+r1=(model=classic data=digits precision=bf16 train.steps=$steps train.log_every=10 train.sample_every=$steps
+    train.ckpt_every=0 eval.every=$steps seed=1)
+check train_eager_r1 120 gancli train "${r1[@]}" accel=eager hydra.run.dir="$out/eager_r1" "${quick[@]:3}"
+check train_fast_r1 90 gancli train "${r1[@]}" accel=fast hydra.run.dir="$out/fast_r1" "${quick[@]:3}"
+check r1_graphs_vs_eager 30 python3 docs/compare_runs.py "$out/eager_r1" "$out/fast_r1"
+recipe=("${common[@]}" experiment=rpgan ema.half_life_kimg=2 augment=diffaug)
+check train_eager_recipe 120 gancli train "${recipe[@]}" accel=eager hydra.run.dir="$out/eager_recipe" "${quick[@]:3}"
+check train_fast_recipe 90 gancli train "${recipe[@]}" accel=fast hydra.run.dir="$out/fast_recipe" "${quick[@]:3}"
+check recipe_graphs_vs_eager 30 python3 docs/compare_runs.py "$out/eager_recipe" "$out/fast_recipe"
+dcgan64=(model=dcgan data=fake data.image_size=64 data.channels=3 data.n=8192 train.batch_size=64 precision=bf16
+         accel=eager,fast)
+check bench_wgan_gp 90 gancli bench "${dcgan64[@]}" experiment=wgan_gp hydra.run.dir="$out/bench_wgan_gp" "${quick[@]}"
+check bench_hinge_sn 60 gancli bench "${dcgan64[@]}" experiment=hinge_sn hydra.run.dir="$out/bench_hinge_sn" "${quick[@]}"
+check bench_rpgan 60 gancli bench "${dcgan64[@]}" experiment=rpgan hydra.run.dir="$out/bench_rpgan" "${quick[@]}"
+check bench_ema_diffaug 60 gancli bench "${dcgan64[@]}" ema.half_life_kimg=10 augment=diffaug \
+  hydra.run.dir="$out/bench_ema_diffaug" "${quick[@]}"
+if [ "${QUICK:-0}" != 1 ]; then  # without CUDA they skip
+  check pytest_gpu 180 python3 -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider
+fi
 
 echo "== failed: ${failed[*]:-none}" | tee -a "$out/commands.txt"
 [ ${#failed[@]} = 0 ]

@@ -45,6 +45,21 @@ class OptimizerName(Enum):
 class LossName(Enum):
     ns = "ns"
     minimax = "minimax"
+    hinge = "hinge"
+    wasserstein = "wasserstein"
+    lsgan = "lsgan"
+    rpgan = "rpgan"
+
+
+class AugmentName(Enum):
+    none = "none"
+    diffaug = "diffaug"
+
+
+class AugmentOp(Enum):
+    color = "color"  # brightness, saturation and contrast
+    translation = "translation"  # a shift of up to 1/8 of the side, zero-padded
+    cutout = "cutout"  # a square of half the side set to zero
 
 
 class DeviceType(Enum):
@@ -135,14 +150,67 @@ class LossConfig:
     # R1 penalty (Mescheder et al. 2018): gamma/2 * E||grad_x D(x)||^2 at real images, added to
     # D's loss; 0 = off. It keeps D from growing so sharp that G collapses onto one mode.
     r1_gamma: float = 0.0
+    r2_gamma: float = 0.0  # the same zero-centred penalty at G's samples (R3GAN pairs it with R1)
+    gp_lambda: float = 0.0  # WGAN-GP: lambda * E(||grad D(x_hat)|| - 1)^2 on real/fake interpolates
+    reg_every: int = 1  # lazy regularisation: the penalties on every N-th D step only, weighted by N
 
     def __post_init__(self) -> None:
-        require(self.r1_gamma >= 0, "loss.r1_gamma", self.r1_gamma, "a number >= 0 (0 turns the penalty off)")
+        for key in ("r1_gamma", "r2_gamma", "gp_lambda"):
+            value = getattr(self, key)
+            require(value >= 0, f"loss.{key}", value, "a number >= 0 (0 turns the penalty off)")
+        at_least(self, "loss", 1, "reg_every")
+
+    @property
+    def penalised(self) -> bool:
+        """Whether D's loss has any gradient penalty."""
+        return self.r1_gamma > 0 or self.r2_gamma > 0 or self.gp_lambda > 0
 
     @property
     def double_backward(self) -> bool:
-        """Whether D's update differentiates a gradient (read by the accel plan): the R1 penalty does."""
-        return self.r1_gamma > 0
+        """Whether D's update differentiates a gradient (read by the accel plan): every penalty does."""
+        return self.penalised
+
+
+@dataclass
+class AugmentConfig:
+    """Differentiable augmentation of everything D sees (Zhao et al. 2020), optionally adaptive
+    (Karras et al. 2020): each op is applied to each sample with probability p."""
+
+    name: AugmentName = AugmentName.none
+    policy: list[AugmentOp] = field(default_factory=lambda: [AugmentOp.color, AugmentOp.translation, AugmentOp.cutout])
+    p: float = 1.0  # probability per sample and op; with adaptive, where p starts
+    adaptive: bool = False  # move p so that E[sign(D(real))] approaches `target` (ADA)
+    target: float = 0.6  # ADA's r_t target
+    speed_kimg: float = 500.0  # thousands of real images over which p can move from 0 to 1
+    interval: int = 4  # steps between adjustments of p
+
+    def __post_init__(self) -> None:
+        require(0 <= self.p <= 1, "augment.p", self.p, "a probability in [0, 1]")
+        require(0 < self.target < 1, "augment.target", self.target, "a number in (0, 1)")
+        require(self.speed_kimg > 0, "augment.speed_kimg", self.speed_kimg, "a number > 0")
+        at_least(self, "augment", 1, "interval")
+        if self.name is AugmentName.diffaug and not self.policy:
+            raise GancliError("augment.policy is empty; list ops from color, translation, cutout, or use augment=none")
+
+    @property
+    def active(self) -> bool:
+        return self.name is not AugmentName.none
+
+
+@dataclass
+class EMAConfig:
+    """An exponential moving average of G's weights, which grids, evaluation and sampling use."""
+
+    half_life_kimg: float = 0.0  # the average's weight halves every this many thousand images; 0 = off
+    rampup: float = 0.0  # StyleGAN's ramp-up: a half-life of at most rampup x images seen; 0 = none
+
+    def __post_init__(self) -> None:
+        require(self.half_life_kimg >= 0, "ema.half_life_kimg", self.half_life_kimg, "a number >= 0 (0 turns it off)")
+        require(self.rampup >= 0, "ema.rampup", self.rampup, "a number >= 0 (0 turns it off)")
+
+    @property
+    def active(self) -> bool:
+        return self.half_life_kimg > 0
 
 
 @dataclass
@@ -222,6 +290,8 @@ class TrainApp:
     data: DataConfig = field(default_factory=DataConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    ema: EMAConfig = field(default_factory=EMAConfig)
     device: DeviceConfig = field(default_factory=DeviceConfig)
     precision: PrecisionConfig = field(default_factory=PrecisionConfig)
     accel: AccelConfig = field(default_factory=AccelConfig)
@@ -265,6 +335,7 @@ class SampleApp:
     seed: int = 0
     batch_size: int = 256  # samples generated at once, to bound memory
     interpolate: bool = False  # also write interpolation.png
+    use_ema: bool = True  # sample from G's moving average where the checkpoint has one
     device: DeviceConfig = field(default_factory=DeviceConfig)
 
     def __post_init__(self) -> None:
@@ -281,6 +352,7 @@ class EvalApp:
     seed: int = 0
     cache_dir: str = "~/.cache/gancli"  # where reference classifiers are kept
     inception_weights: Optional[str] = None  # torch-fidelity's InceptionV3 weights file, for FID/KID
+    use_ema: bool = True  # evaluate G's moving average where the checkpoint has one
     device: DeviceConfig = field(default_factory=DeviceConfig)
 
     def __post_init__(self) -> None:

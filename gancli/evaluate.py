@@ -108,13 +108,14 @@ def evaluate(fake: torch.Tensor, data: Data, data_cfg: DataConfig, device: torch
 
 def run_eval(cfg: EvalApp) -> dict[str, Any]:
     device = runtime.resolve_device(cfg.device)
-    G, state, path = load_generator(cfg.ckpt, device)
+    G, state, path = load_generator(cfg.ckpt, device, cfg.use_ema)
     train_cfg = train_config_from_plain(state["config"])
     data = load_data(train_cfg.data, train_cfg.seed)
     fake = generate(G, cfg.n, device, cfg.seed)
     metrics = evaluate(fake, data, train_cfg.data, device, cfg.seed, cfg.cache_dir, cfg.inception_weights)
     metrics["step"] = state["step"]
     metrics["checkpoint"] = str(path)
+    metrics["protocol"]["generator"] = state["generator"]  # G_ema (the moving average) or G
     out = Path(cfg.out) if cfg.out else checkpoint.run_dir_of(path)
     write_json(out / "metrics.json", metrics)
     if not data.is_image:

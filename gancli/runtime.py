@@ -7,6 +7,7 @@ import contextlib
 import functools
 import gc
 import inspect
+import logging
 import os
 import random
 import resource
@@ -21,6 +22,8 @@ from torch import nn
 
 from gancli.config import AccelConfig, CompileMode, DeviceConfig, DeviceType, Precision
 from gancli.errors import GancliError
+
+log = logging.getLogger(__name__)
 
 _AUTOCAST_DTYPES = {Precision.bf16: torch.bfloat16, Precision.fp16: torch.float16}
 
@@ -179,7 +182,7 @@ class AccelPlan:
 
 
 def plan_accel(cfg: AccelConfig, device: torch.device, precision: Precision, has_convs: bool,
-               data_parallel: bool = False, double_backward: bool = False) -> AccelPlan:
+               data_parallel: bool = False) -> AccelPlan:
     """Turn the accel config into the plan this device can run, noting every piece left out."""
     notes = []
     graphs = cfg.cuda_graphs
@@ -198,9 +201,6 @@ def plan_accel(cfg: AccelConfig, device: torch.device, precision: Precision, has
     elif graphs and data_parallel:
         graphs = False
         notes.append("cuda_graphs off: DistributedDataParallel's gradient all-reduce runs outside a graph")
-    elif graphs and double_backward:
-        graphs = False
-        notes.append("cuda_graphs off: the R1 penalty's double backward has not been checked under graph capture")
     channels_last = cfg.channels_last
     if channels_last is None:  # on H200 NHWC made bf16 convolutions up to 1.9x faster, fp32 ones no faster
         channels_last = has_convs and device.type == "cuda" and precision in (Precision.bf16, Precision.fp16)
@@ -223,21 +223,28 @@ def plan_accel(cfg: AccelConfig, device: torch.device, precision: Precision, has
 
 class GraphedStep:
     """Runs `fn` eagerly for `warmup` calls (on a side stream, as capture requires), then
-    captures it once as a CUDA graph and replays the graph on every later call."""
+    captures it once as a CUDA graph and replays the graph on every later call. A capture that
+    fails (an op that a graph cannot hold) is said once, in `notes` and the log, and from then
+    on `fn` runs eagerly."""
 
-    def __init__(self, fn: Callable[[], None], warmup: int, pool: Optional[tuple] = None):
-        self.fn, self.warmup, self.pool = fn, warmup, pool
+    def __init__(self, fn: Callable[[], None], warmup: int, pool: Optional[tuple] = None, name: str = "the step",
+                 notes: Optional[list[str]] = None):
+        self.fn, self.warmup, self.pool, self.name, self.notes = fn, warmup, pool, name, notes
         self.calls = 0
         self.graph: Optional[torch.cuda.CUDAGraph] = None
+        self.eager = False  # its capture failed
 
     @property
     def ready(self) -> bool:
         """Past warm-up and capture: a call now is a training call."""
-        return self.graph is not None
+        return self.graph is not None or self.eager
 
     def __call__(self) -> None:
         if self.graph is not None:
             self.graph.replay()
+            return
+        if self.eager:
+            self.fn()
             return
         if self.calls < self.warmup:
             side = torch.cuda.Stream()
@@ -249,11 +256,22 @@ class GraphedStep:
             return
         torch.cuda.synchronize()
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
-            self.fn()  # recorded, not run
+        try:
+            with torch.cuda.graph(graph, pool=self.pool):
+                self.fn()  # recorded, not run
+        except Exception as exc:  # noqa: BLE001 (fn itself runs again below, so its own errors still surface)
+            torch.cuda.synchronize()
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            note = f"cuda_graphs off for {self.name}: its capture failed ({type(exc).__name__}: {reason}); it runs eagerly"
+            log.warning(note)
+            if self.notes is not None:
+                self.notes.append(note)
+            self.eager = True
+            self.fn()  # this call's update
+            return
         torch.cuda.synchronize()
         self.graph = graph
-        graph.replay()  # this call's step
+        graph.replay()  # this call's update
 
 
 # Dense peak rates in TFLOP/s from NVIDIA's data sheets (H100/H200 SXM and PCIe, A100 SXM):
@@ -377,6 +395,11 @@ class Ranks:
         t = torch.tensor(values, dtype=torch.float64, device=device)
         dist.all_reduce(t)
         return t.tolist()
+
+    def all_reduce(self, t: torch.Tensor) -> None:
+        """Sum `t` over the ranks, in place."""
+        if self.data_parallel:
+            dist.all_reduce(t)
 
     def average_buffers(self, *modules: nn.Module) -> None:
         """Replace each floating buffer (batch-norm running statistics) by its mean over ranks."""

@@ -34,16 +34,18 @@ def check(cfg: SampleApp) -> None:
     runtime.resolve_device(cfg.device)
 
 
-def load_generator(ckpt: str | Path, device: torch.device) -> tuple[torch.nn.Module, dict, Path]:
-    """(G rebuilt from the checkpoint's own config by family name, in eval mode on `device`;
-    the checkpoint's contents; its path)."""
+def load_generator(ckpt: str | Path, device: torch.device, use_ema: bool = True) -> tuple[torch.nn.Module, dict, Path]:
+    """(G rebuilt from the checkpoint's own config by family name, in eval mode on `device`, with
+    the weights of its moving average where it has one and `use_ema`; the checkpoint's
+    contents, with "generator" set to "G_ema" or "G"; its path)."""
     path = checkpoint.find(ckpt)
     state = checkpoint.load(path)
     train_cfg = train_config_from_plain(state["config"])
     shape = tuple(state["data_shape"])
     G, _ = build_models(train_cfg.model, shape)
+    state["generator"] = "G_ema" if use_ema and "G_ema" in state else "G"
     try:
-        G.load_state_dict(state["G"])
+        G.load_state_dict(state[state["generator"]])
     except RuntimeError:
         raise GancliError(f"{path}: the generator weights do not match the model config stored with them") from None
     return G.to(device).eval(), state, path
@@ -62,7 +64,7 @@ def generate_batches(G: torch.nn.Module, n: int, device: torch.device, gen: torc
 def sample(cfg: SampleApp) -> Path:
     """Write n samples, grid.png and optionally interpolation.png; returns the output folder."""
     device = runtime.resolve_device(cfg.device)
-    G, state, path = load_generator(cfg.ckpt, device)
+    G, state, path = load_generator(cfg.ckpt, device, cfg.use_ema)
     out = Path(cfg.out) if cfg.out else checkpoint.run_dir_of(path) / "generated"
     is_image = len(state["data_shape"]) == 3
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -91,7 +93,7 @@ def sample(cfg: SampleApp) -> Path:
             with torch.no_grad():
                 strip = G(z).float().cpu()
             save_grid(strip, out / "interpolation.png", nrow=INTERP_STEPS)
-    log.info("wrote %d samples from %s (step %d) to %s", cfg.n, path, state["step"], out)
+    log.info("wrote %d samples of %s from %s (step %d) to %s", cfg.n, state["generator"], path, state["step"], out)
     return out
 
 

@@ -1,6 +1,6 @@
 """How one training step runs (data -> D update(s) -> G update), and everything it owns: the
-networks, their optimizers and gradient scalers, the batches, and the accel plan that says how
-it runs.
+networks, their optimizers and gradient scalers, G's moving average, the augmentation, the
+batches, and the accel plan that says how it runs.
 
 What a step computes is losses.py's `d_objective` and `g_objective`; this module knows no GAN
 math. Every accel variant runs the same objective; they differ in where the data lives, how
@@ -19,8 +19,10 @@ import torch
 from torch import nn
 
 from gancli import runtime
+from gancli.augment import Augment
 from gancli.config import OptimizerConfig, OptimizerName, TrainApp
 from gancli.data import Batch, Batches, Data, LoaderBatches
+from gancli.ema import EMA, ema_beta
 from gancli.losses import Stats, d_objective, g_objective
 from gancli.models import build_models, traits
 from gancli.runtime import AccelPlan, GraphedStep, Ranks
@@ -57,10 +59,10 @@ def make_optimizer(
 
 
 def plan_for(cfg: TrainApp, device: torch.device, data_parallel: bool = False) -> AccelPlan:
-    """The accel plan for this run: what its accel config asks, less what its model family, loss,
+    """The accel plan for this run: what its accel config asks, less what its model family,
     device and precision rule out."""
     return runtime.plan_accel(cfg.accel, device, cfg.precision.name, has_convs=traits(cfg.model).convolutional,
-                              data_parallel=data_parallel, double_backward=cfg.loss.double_backward)
+                              data_parallel=data_parallel)
 
 
 class Running:
@@ -87,10 +89,11 @@ class TrainStep:
         self.ranks = ranks = ranks or Ranks()  # rank 0 of 1: no data parallelism
         self.device, self.plan, self.timer = device, plan, timer
         self.precision = cfg.precision.name
-        self.loss_cfg = cfg.loss
+        self.loss_cfg, self.ema_cfg, self.augment_cfg = cfg.loss, cfg.ema, cfg.augment
         self.batch_size, self.d_steps = cfg.train.batch_size, cfg.train.d_steps
+        self.images_per_step = cfg.train.batch_size * ranks.world_size  # G's samples per update, every rank
 
-        # Networks, optimizers and gradient scalers.
+        # Networks, optimizers, gradient scalers, G's moving average and the augmentation.
         self.G, self.D = build_models(cfg.model, data.shape)
         self.G.to(device)
         self.D.to(device)
@@ -102,6 +105,8 @@ class TrainStep:
         self.opt_d = make_optimizer(opt, self.D.parameters(), opt.lr_d or opt.lr, plan.fused_optimizer, plan.cuda_graphs)
         self.scaler_g = runtime.grad_scaler(device, self.precision)
         self.scaler_d = runtime.grad_scaler(device, self.precision)
+        self.ema = EMA(self.G) if cfg.ema.active else None
+        self.augment = Augment(cfg.augment).to(device) if cfg.augment.active else None
 
         batches_cls = LoaderBatches if plan.dataloader else Batches
         layout = torch.channels_last if plan.channels_last else torch.contiguous_format
@@ -118,10 +123,11 @@ class TrainStep:
         if ranks.data_parallel:
             self.G_train, self.D_train = self._runner(ranks.wrap(self.G, device)), self._runner(ranks.wrap(self.D, device))
 
-        # The updates, D's then G's. Each sums its stats in its own Running; as CUDA graphs, each
-        # reads one static batch.
-        self._d_stats, self._g_stats = Running(), Running()
-        self._d: Callable = self._d_update
+        # The updates: D's with and without its penalties (lazy regularisation), then G's. Each
+        # sums its stats in its own Running; as CUDA graphs, each reads one static batch.
+        self._d_stats = {True: Running(), False: Running()}  # by "penalties on"
+        self._g_stats = Running()
+        self._d: dict[bool, Callable] = {reg: functools.partial(self._d_update, reg=reg) for reg in (True, False)}
         self._g: Callable = self._g_update
         self.static: Optional[Batch] = None
         if plan.cuda_graphs:
@@ -131,8 +137,11 @@ class TrainStep:
             c = torch.zeros(self.batch_size, dtype=torch.long, device=device) if labelled else None
             self.static = static = Batch(x, c)
             pool = torch.cuda.graph_pool_handle()  # the graphs share one memory pool
-            self._d = GraphedStep(functools.partial(self._d_update, static), plan.warmup_steps, pool)
-            self._g = GraphedStep(functools.partial(self._g_update, static), plan.warmup_steps, pool)
+            self._d = {reg: GraphedStep(functools.partial(self._d_update, static, reg), plan.warmup_steps, pool,
+                                        f"D's update{' with its penalties' if reg else ''}", plan.notes)
+                       for reg in (True, False)}
+            self._g = GraphedStep(functools.partial(self._g_update, static), plan.warmup_steps, pool,
+                                  "G's update", plan.notes)
         self._compiling = bool(plan.compile)  # the first call compiles: set-up, not training
         self.setup_s = 0.0
         self.host_stats: dict[str, float] = {}  # the baseline's per-step readings
@@ -143,27 +152,30 @@ class TrainStep:
     @property
     def G_sample(self) -> nn.Module:
         """The generator that grids, evaluation and checkpoints' users sample from."""
-        return self.G
+        return self.ema.G if self.ema is not None else self.G
 
     def modules(self) -> list[nn.Module]:
         """Every network whose buffers (batch-norm statistics) a data-parallel run averages."""
-        return [self.G, self.D]
+        return [self.G, self.D] + ([self.ema.G] if self.ema is not None else [])
 
     # ---- the updates: objective, then zero_grad, (scaled) backward, optimizer step ----
 
-    def _d_update(self, batch: Batch) -> None:
+    def _d_update(self, batch: Batch, reg: bool) -> None:
         self.D.requires_grad_(True)
         with runtime.autocast(self.device, self.precision, cache=not self.plan.cuda_graphs):
-            objective, stats = d_objective(self.loss_cfg, self.G_fixed, self.D_train, batch)
+            objective, stats = d_objective(self.loss_cfg, self.G_fixed, self.D_train, batch, self.augment, reg,
+                                           self._grad_scale(self.scaler_d) if reg else 1.0)
         self._apply(objective, self.opt_d, self.scaler_d)
-        self._d_stats.add(stats)
+        self._d_stats[reg].add(stats)
         self._read(stats)
 
     def _g_update(self, batch: Batch) -> None:
         self.D.requires_grad_(False)  # G's update needs no gradients of D's weights
         with runtime.autocast(self.device, self.precision, cache=not self.plan.cuda_graphs):
-            loss, stats = g_objective(self.loss_cfg, self.G_train, self.D_fixed, batch)
+            loss, stats = g_objective(self.loss_cfg, self.G_train, self.D_fixed, batch, self.augment)
         self._apply(loss, self.opt_g, self.scaler_g)
+        if self.ema is not None:
+            self.ema.update()  # inside G's graph, where there is one
         self._g_stats.add(stats)
         self._read(stats)
 
@@ -174,35 +186,50 @@ class TrainStep:
         scaler.step(opt)
         scaler.update()
 
+    def _grad_scale(self, scaler: torch.amp.GradScaler) -> float:
+        """fp16's loss scale, which a penalty's own gradient needs too (one host read, fp16 only)."""
+        return scaler.get_scale() if scaler.is_enabled() and self.loss_cfg.double_backward else 1.0
+
     def _read(self, stats: Stats) -> None:
         if self.plan.host_syncs:  # what the usual loop prints every step: one wait per value
             self.host_stats.update({key: value.item() for key, value in stats.items()})
 
     # ---- one step ----
 
+    def _regularised(self, d_index: int) -> bool:
+        """Whether D update number `d_index` (counted over the run) adds the penalties."""
+        return self.loss_cfg.penalised and d_index % self.loss_cfg.reg_every == 0
+
     def __call__(self, step: int) -> bool:
         """Run step `step`; False when its time was set-up (compile, capture) rather than training."""
         first = step * self.d_steps  # the index of this step's first D update
-        setup = self._compiling or any(isinstance(f, GraphedStep) and not f.ready for f in (self._d, self._g))
+        regs = [self._regularised(first + k) for k in range(self.d_steps)]
+        updates = [self._d[reg] for reg in regs] + [self._g]
+        setup = self._compiling or any(isinstance(f, GraphedStep) and not f.ready for f in updates)
         if setup:
             runtime.synchronize(self.device)
             t0 = time.perf_counter()
         with self.timer.section("data"):
             batches = [self.batches(first + k) for k in range(self.d_steps)]
         with self.timer.section("d_step"):
-            for batch in batches:
+            for batch, reg in zip(batches, regs):
                 if self.static is not None:
                     self._copy_into_static(batch)
-                    self._d()
+                    self._d[reg]()
                 else:
-                    self._d(batch)
-                self._d_stats.n += 1
+                    self._d[reg](batch)
+                self._d_stats[reg].n += 1
         with self.timer.section("g_step"):
+            if self.ema is not None:
+                self.ema.set_beta(ema_beta(self.ema_cfg.half_life_kimg, self.ema_cfg.rampup, self.images_per_step,
+                                           step * self.images_per_step))
             if self.static is not None:  # it holds the last D batch, which G's update takes
                 self._g()
             else:
                 self._g(batches[-1])
             self._g_stats.n += 1
+        if self.augment is not None and (step + 1) % self.augment_cfg.interval == 0:
+            self.augment.adjust(self.ranks.all_reduce if self.ranks.data_parallel else None)
         if setup:
             runtime.synchronize(self.device)
             self.setup_s += time.perf_counter() - t0
@@ -219,7 +246,7 @@ class TrainStep:
         again: the D stats over D's updates, the G stats over G's."""
         sums: dict[str, torch.Tensor] = {}
         counts: dict[str, int] = {}
-        runs = [r for r in (self._d_stats, self._g_stats) if r.n]
+        runs = [r for r in (self._d_stats[True], self._d_stats[False], self._g_stats) if r.n]
         for run in runs:
             for i, key in enumerate(run.keys):
                 sums[key] = run.sums[i] if key not in sums else sums[key] + run.sums[i]
@@ -241,6 +268,10 @@ class TrainStep:
             "scaler_g": self.scaler_g.state_dict(),
             "scaler_d": self.scaler_d.state_dict(),
         }
+        if self.ema is not None:
+            state["G_ema"] = self.ema.G.state_dict()
+        if self.augment is not None and self.augment.adaptive:  # p and the evidence toward its next move
+            state["augment"] = self.augment.state_dict()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -250,21 +281,32 @@ class TrainStep:
         self.opt_d.load_state_dict(state["opt_d"])
         self.scaler_g.load_state_dict(state["scaler_g"])
         self.scaler_d.load_state_dict(state["scaler_d"])
+        if self.ema is not None:
+            self.ema.G.load_state_dict(state["G_ema"])
+        if self.augment is not None and self.augment.adaptive:
+            self.augment.load_state_dict(state["augment"])
 
 
 def step_flops(cfg: TrainApp, shape: tuple) -> int:
     """FLOPs of one training step: the forward and backward passes of its D and G updates, with
-    D's penalty, counted once on weightless meta tensors, so nothing is computed and no state
-    changes. FlopCounterMode counts matrix products and convolutions, so the optimizers
-    (elementwise) count nothing."""
+    their penalties and augmentation, counted once on weightless meta tensors, so nothing is
+    computed and no state changes. FlopCounterMode counts matrix products and convolutions,
+    so the optimizers and G_ema's update (elementwise) count nothing. With lazy regularisation
+    the penalties count on 1 in loss.reg_every D updates."""
     from torch.utils.flop_counter import FlopCounterMode
 
     with torch.device("meta"):
         G, D = build_models(cfg.model, shape)
+        augment = Augment(cfg.augment) if cfg.augment.active else None
         batch = Batch(torch.empty(cfg.train.batch_size, *shape))
-    with FlopCounterMode(display=False) as counter:
-        for _ in range(cfg.train.d_steps):
-            d_objective(cfg.loss, G, D, batch)[0].backward()
-        D.requires_grad_(False)
-        g_objective(cfg.loss, G, D, batch)[0].backward()
-    return counter.get_total_flops()
+
+    def flops(run: Callable[[], torch.Tensor]) -> int:
+        with FlopCounterMode(display=False) as counter:
+            run().backward()
+        return counter.get_total_flops()
+
+    d_plain = flops(lambda: d_objective(cfg.loss, G, D, batch, augment, reg=False)[0])
+    d_reg = flops(lambda: d_objective(cfg.loss, G, D, batch, augment, reg=True)[0]) if cfg.loss.penalised else d_plain
+    D.requires_grad_(False)
+    g = flops(lambda: g_objective(cfg.loss, G, D, batch, augment)[0])
+    return round(cfg.train.d_steps * (d_plain + (d_reg - d_plain) / cfg.loss.reg_every) + g)

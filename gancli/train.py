@@ -21,7 +21,7 @@ from omegaconf.errors import OmegaConfBaseException
 import gancli
 from gancli import checkpoint, runtime, tracking
 from gancli.console import progress_bar
-from gancli.config import LABELLED, MIXTURES, TrainApp, to_plain, to_typed, train_config_from_plain
+from gancli.config import LABELLED, MIXTURES, LossName, TrainApp, to_plain, to_typed, train_config_from_plain
 from gancli.data import data_shape, load_data
 from gancli.errors import GancliError, user_errors
 from gancli.evaluate import evaluate, generate
@@ -29,6 +29,7 @@ from gancli.inception import find_weights
 from gancli.files import write_json, write_text
 from gancli.images import save_grid, save_scatter
 from gancli.models import build_models, latents
+from gancli.models.base import SpectralNorm
 from gancli.step import TrainStep, plan_for, step_flops
 from gancli.timing import JsonLines, SectionTimer
 
@@ -89,13 +90,16 @@ def _write_failure(run_dir: Path, status: str, error: str, t_start: float) -> No
 
 
 def check(cfg: TrainApp) -> torch.device:
-    """Every start-up check that needs no data: device, precision, model against the data shape,
-    resume and evaluation settings, the logger."""
+    """Every start-up check that needs no data: device, precision, model and augmentation
+    against the data shape, resume and evaluation settings, the logger."""
     device = runtime.resolve_device(cfg.device)
     runtime.check_precision(device, cfg.precision.name)
     shape = data_shape(cfg.data)
     with torch.device("meta"):  # builds the networks without allocating their weights
         build_models(cfg.model, shape)
+    if cfg.augment.active and len(shape) != 3:
+        raise GancliError(f"augment={cfg.augment.name.value} transforms images, and data={cfg.data.name.value} is "
+                          "2-D points; use augment=none")
     if cfg.train.resume not in (None, "auto"):
         checkpoint.find(cfg.train.resume)
     if cfg.eval.every and cfg.data.name not in LABELLED | MIXTURES:
@@ -186,6 +190,10 @@ def train(cfg: TrainApp, run_dir: Path) -> dict[str, Any]:
                  "es" if ranks.world_size > 1 else "", torch.distributed.get_backend(), batch_size, global_batch)
     for note in plan.notes:
         log.info(note)
+    if cfg.loss.name is LossName.wasserstein and not cfg.loss.gp_lambda and cfg.model.spectral_norm in (
+            SpectralNorm.none, SpectralNorm.g):
+        log.warning("loss=wasserstein with neither loss.gp_lambda nor spectral norm on D: nothing bounds the critic's "
+                    "slope, so its scores can grow without limit (experiment=wgan_gp sets a gradient penalty)")
     flops_per_step = step_flops(cfg, data.shape)
     peak, peak_source = runtime.peak_flops(device, precision)
     timing = JsonLines(run_dir / "timing.jsonl") if main_rank else None
@@ -377,7 +385,8 @@ def _check_resumable(state: dict[str, Any], plain_cfg: dict[str, Any], expected:
             )
     missing = [key for key in (*expected, "rng") if key not in state]
     if missing:
-        raise GancliError(f"cannot resume from {path}: it lacks {', '.join(missing)}")
+        raise GancliError(f"cannot resume from {path}: it lacks {', '.join(missing)}; resume with the ema and augment "
+                          "settings it was trained with, or start a new run")
 
 
 class _StopSignals:

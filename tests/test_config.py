@@ -32,7 +32,8 @@ def test_top_level_keys_are_frozen():
     # A change here is a change of the config surface people script against.
     cfg = to_plain(compose_train())
     assert list(cfg) == [
-        "model", "data", "optimizer", "loss", "device", "precision", "accel", "train", "eval", "logger", "seed",
+        "model", "data", "optimizer", "loss", "augment", "ema", "device", "precision", "accel", "train", "eval", "logger",
+        "seed",
     ]
     assert list(cfg["train"]) == [
         "steps", "batch_size", "d_steps", "log_every", "sample_every", "ckpt_every", "sample_n", "resume",
@@ -45,7 +46,7 @@ def test_top_level_keys_are_frozen():
         ("model", ["classic", "dcgan", "mlp"]),
         ("data", ["cifar10", "digits", "fake", "fashion_mnist", "folder", "grid", "mnist", "ring", "stacked_mnist"]),
         ("optimizer", ["adam", "rmsprop", "sgd"]),
-        ("loss", ["minimax", "ns"]),
+        ("loss", ["hinge", "lsgan", "minimax", "ns", "rpgan", "wasserstein"]),
         ("device", ["auto", "cpu", "cuda", "mps"]),
         ("precision", ["bf16", "fp16", "fp32", "tf32"]),
         ("accel", ["baseline", "eager", "fast"]),

@@ -13,14 +13,17 @@ from typing import Any, Optional
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrizations
 
 from gancli.errors import GancliError
 from gancli.models import classic, dcgan, mlp
-from gancli.models.base import ModelConfig, Traits, check_shape
+from gancli.models.base import ModelConfig, SpectralNorm, Traits, check_shape
 
 FAMILIES: dict[str, ModuleType] = {m.Config.name: m for m in (classic, dcgan, mlp)}
 # earlier names of a family, so that checkpoints written under them still load
 RENAMED = {"seed": "classic"}
+
+_NORMALISED_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.ConvTranspose2d)
 
 
 def family(name: str) -> ModuleType:
@@ -40,7 +43,21 @@ def build_models(cfg: Any, shape: tuple) -> tuple[nn.Module, nn.Module]:
     fam = family(cfg.name)
     shape = tuple(shape)
     check_shape(cfg.name, fam.TRAITS, shape)
-    return fam.build(cfg, shape)
+    G, D = fam.build(cfg, shape)
+    if cfg.spectral_norm in (SpectralNorm.g, SpectralNorm.both):
+        spectral_norm(G)
+    if cfg.spectral_norm in (SpectralNorm.d, SpectralNorm.both):
+        spectral_norm(D)
+    return G, D
+
+
+def spectral_norm(net: nn.Module) -> nn.Module:
+    """Divide the weight of every conv and linear layer of `net` by its largest singular value,
+    estimated by one power iteration per training forward (Miyato et al. 2018)."""
+    for module in list(net.modules()):
+        if isinstance(module, _NORMALISED_LAYERS):
+            parametrizations.spectral_norm(module)  # ConvTranspose2d: along its output dim, as torch chooses
+    return net
 
 
 def latents(G: nn.Module, n: int, device: torch.device,

@@ -4,9 +4,17 @@ and the check that a data shape is one the family builds for."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 from typing import Optional
 
 from gancli.errors import GancliError, at_least
+
+
+class SpectralNorm(Enum):
+    none = "none"
+    d = "d"
+    g = "g"
+    both = "both"
 
 
 @dataclass
@@ -15,6 +23,8 @@ class ModelConfig:
 
     name: str = "?"
     z_dim: int = 100  # the noise G maps to a sample
+    # torch's spectral-norm parametrisation on every conv and linear layer of D, G or both
+    spectral_norm: SpectralNorm = SpectralNorm.none
 
     def __post_init__(self) -> None:
         at_least(self, "model", 1, "z_dim")
