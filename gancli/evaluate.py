@@ -35,7 +35,9 @@ def main(cfg: DictConfig) -> None:
 
 
 def check(cfg: EvalApp) -> None:
+    """Start-up checks that read nothing: the device, the checkpoint and any weights file must exist."""
     runtime.resolve_device(cfg.device)
+    checkpoint.find(cfg.ckpt)
     find_weights(cfg.inception_weights)
 
 

@@ -30,8 +30,9 @@ def main(cfg: DictConfig) -> None:
 
 
 def check(cfg: SampleApp) -> None:
-    """Start-up checks that read nothing: the device must exist."""
+    """Start-up checks that read nothing: the device and the checkpoint must exist."""
     runtime.resolve_device(cfg.device)
+    checkpoint.find(cfg.ckpt)
 
 
 def load_generator(ckpt: str | Path, device: torch.device, use_ema: bool = True) -> tuple[torch.nn.Module, dict, Path]:

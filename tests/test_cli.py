@@ -49,9 +49,13 @@ def test_sample_from_a_run(tiny_run, tmp_path):
 
 
 def test_sample_from_a_run_folder_is_seeded(tiny_run, tmp_path):
-    for name in ("a", "b"):
-        run_gancli("sample", f"ckpt={tiny_run}", "n=4", f"out={tmp_path / name}", "device=cpu", cwd=tmp_path)
+    from gancli.config import SampleApp
+    from gancli.sample import sample
+
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        sample(SampleApp(ckpt=str(tiny_run), n=4, out=str(tmp_path / name), seed=seed))
     assert (tmp_path / "a" / "000003.png").read_bytes() == (tmp_path / "b" / "000003.png").read_bytes()
+    assert (tmp_path / "a" / "000003.png").read_bytes() != (tmp_path / "c" / "000003.png").read_bytes()
 
 
 def test_same_seed_same_weights_and_resume_is_exact(tmp_path):
@@ -74,10 +78,13 @@ def test_same_seed_same_weights_and_resume_is_exact(tmp_path):
 
 
 def test_resume_refuses_a_different_model(tiny_run, tmp_path):
-    proc = run_gancli("train", *TINY, "model.g_width=16", f"train.resume={tiny_run}",
-                      f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, check=False)
-    assert proc.returncode == 2
-    assert "cannot resume" in proc.stderr and "Traceback" not in proc.stderr
+    from gancli.errors import GancliError
+    from gancli.train import train
+    from test_config import compose_train
+
+    with pytest.raises(GancliError, match="cannot resume .* different model config"):
+        train(compose_train(*TINY, "model.g_width=16", f"train.resume={tiny_run}"), tmp_path / "run")
+    assert not (tmp_path / "run" / "checkpoints").exists()
 
 
 def test_multirun_makes_one_complete_job_per_combination(tmp_path):
@@ -95,11 +102,15 @@ def test_multirun_makes_one_complete_job_per_combination(tmp_path):
 
 
 def test_points_data_gives_scatter_plots(tmp_path):
-    run_gancli("train", "data=ring", "model=mlp", "model.width=16", "train.steps=4", "train.batch_size=32",
-               "train.log_every=2", "train.sample_every=2", "device=cpu", f"hydra.run.dir={tmp_path / 'run'}",
-               cwd=tmp_path)
+    from gancli.config import SampleApp
+    from gancli.sample import sample
+    from gancli.train import train
+    from test_config import compose_train
+
+    train(compose_train("data=ring", "model=mlp", "model.width=16", "train.steps=4", "train.batch_size=32",
+                        "train.log_every=2", "train.sample_every=2", "device=cpu"), tmp_path / "run")
     assert is_png(tmp_path / "run" / "samples" / "step_000004.png")
-    run_gancli("sample", f"ckpt={tmp_path / 'run'}", "n=100", f"out={tmp_path / 'out'}", cwd=tmp_path)
+    sample(SampleApp(ckpt=str(tmp_path / "run"), n=100, out=str(tmp_path / "out")))
     assert is_png(tmp_path / "out" / "grid.png")
     assert len((tmp_path / "out" / "points.csv").read_text().splitlines()) == 101
 
@@ -159,9 +170,13 @@ def test_corrupt_and_foreign_checkpoints(tiny_run, tmp_path):
     corrupt.write_bytes((tiny_run / "checkpoints" / "last.pt").read_bytes()[:1000])
     foreign = tmp_path / "foreign.pt"
     torch.save({"state_dict": {}}, foreign)
+    from gancli.config import SampleApp
+    from gancli.errors import GancliError
+    from gancli.sample import sample
+
     for path, expected in ((corrupt, "corrupt"), (foreign, "not a gancli checkpoint")):
-        proc = run_gancli("sample", f"ckpt={path}", f"out={tmp_path / 'out'}", cwd=tmp_path, check=False)
-        assert proc.returncode == 2 and expected in proc.stderr and "Traceback" not in proc.stderr
+        with pytest.raises(GancliError, match=expected):  # one line and exit 2: test_bad_input_is_one_clean_line
+            sample(SampleApp(ckpt=str(path), out=str(tmp_path / "out")))
         assert not (tmp_path / "out").exists()
 
 

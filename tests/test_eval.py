@@ -26,7 +26,7 @@ def shared_cache(shared_cache_dir, monkeypatch):
     return shared_cache_dir
 
 
-def test_eval_of_an_image_run(tiny_run, tmp_path, shared_cache):
+def test_eval_of_an_image_run(tiny_run, tmp_path, shared_cache, monkeypatch):
     out = tmp_path / "eval"
     fresh = not any(shared_cache.glob("classifier-*.pt"))
     proc = run_gancli("eval", f"ckpt={tiny_run}", "n=300", f"out={out}", cwd=tmp_path)
@@ -42,33 +42,47 @@ def test_eval_of_an_image_run(tiny_run, tmp_path, shared_cache):
     assert "eval.inception_weights" in metrics["inception_note"]  # no weights here: a note, the rest still runs
     cached = list(shared_cache.glob("classifier-*.pt"))
     assert len(cached) == 1
-    # a second evaluation reuses the cached classifier and gives the same numbers
-    proc = run_gancli("eval", f"ckpt={tiny_run}", "n=300", f"out={tmp_path / 'again'}", cwd=tmp_path)
-    assert "training the reference classifier" not in proc.stdout
+    # a second evaluation (in this process) reuses the cached classifier and gives the same numbers
+    from gancli import classifier
+    from gancli.config import EvalApp
+    from gancli.evaluate import run_eval
+
+    fits = []
+    monkeypatch.setattr(classifier, "_fit", lambda *a: fits.append(1))
+    run_eval(EvalApp(ckpt=str(tiny_run), n=300, out=str(tmp_path / "again"), cache_dir=str(shared_cache)))
+    assert fits == []
     again = read_json(tmp_path / "again" / "metrics.json")
     assert again["fd"] == pytest.approx(metrics["fd"]) and again["protocol"] == protocol
 
 
 def test_training_evaluates_a_mixture(tmp_path, shared_cache):
+    from gancli.config import EvalApp
+    from gancli.evaluate import run_eval
+    from gancli.train import train
+    from test_config import compose_train
+
     run = tmp_path / "run"
-    run_gancli("train", "experiment=ring", "train.steps=40", "train.log_every=20", "train.sample_every=0",
-               "eval.every=20", "eval.n=500", "device=cpu", f"hydra.run.dir={run}", cwd=tmp_path)
+    train(compose_train("experiment=ring", "train.steps=40", "train.log_every=20", "train.sample_every=0",
+                        "eval.every=20", "eval.n=500", "device=cpu"), run)
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [20, 40]
     for row in rows:
         assert row["n_modes"] == 8 and 0 <= row["modes"] <= 8 and 0 <= row["hq"] <= 1
         assert row["protocol"]["n_generated"] == 500
     assert read_json(run / "summary.json")["metrics"] == rows[-1]
-    run_gancli("eval", f"ckpt={run}", "n=400", cwd=tmp_path)
+    run_eval(EvalApp(ckpt=str(run), n=400))
     assert read_json(run / "metrics.json")["protocol"]["n_generated"] == 400
     assert is_png(run / "eval_scatter.png")
 
 
 def test_eval_needs_labels_or_centres(tmp_path, shared_cache):
-    proc = run_gancli("train", "data=fake", "eval.every=5", "device=cpu", cwd=tmp_path, check=False)
-    assert proc.returncode == 2 and "eval.every" in proc.stderr and "Traceback" not in proc.stderr
-    proc = run_gancli("eval", f"ckpt={tmp_path / 'none.pt'}", cwd=tmp_path, check=False)
-    assert proc.returncode == 2 and "none.pt" in proc.stderr
+    from gancli import cli, evaluate, train
+    from gancli.errors import GancliError
+
+    with pytest.raises(GancliError, match="eval.every"):
+        cli.preflight(train, ["data=fake", "eval.every=5", "device=cpu"])
+    with pytest.raises(GancliError, match="none.pt"):
+        cli.preflight(evaluate, [f"ckpt={tmp_path / 'none.pt'}", "device=cpu"])
 
 
 def test_stacked_mnist_eval(tmp_path, cache):
@@ -82,11 +96,15 @@ def test_stacked_mnist_eval(tmp_path, cache):
                         ("t10k-labels-idx1-ubyte", np.arange(100) % 10)):
         header = struct.pack(">BBBB", 0, 0, 8, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
         (tmp_path / f"{name}.gz").write_bytes(gzip.compress(header + array.astype(np.uint8).tobytes()))
+    from gancli.config import EvalApp
+    from gancli.evaluate import run_eval
+    from gancli.train import train
+    from test_config import compose_train
+
     run = tmp_path / "run"
-    run_gancli("train", "data=stacked_mnist", f"data.root={tmp_path}", "data.split=test", "data.n=200",
-               "model.g_width=8", "model.d_width=8", "train.steps=2", "train.batch_size=16", "device=cpu",
-               f"hydra.run.dir={run}", cwd=tmp_path)
-    run_gancli("eval", f"ckpt={run}", "n=100", cwd=tmp_path)
+    train(compose_train("data=stacked_mnist", f"data.root={tmp_path}", "data.split=test", "data.n=200",
+                        "model.g_width=8", "model.d_width=8", "train.steps=2", "train.batch_size=16", "device=cpu"), run)
+    run_eval(EvalApp(ckpt=str(run), n=100, cache_dir=str(cache)))
     metrics = read_json(run / "metrics.json")
     assert metrics["n_modes"] == 1000 and 1 <= metrics["modes"] <= 100
     assert 0 <= metrics["kl"] <= np.log(1000) + 1e-9
@@ -112,6 +130,8 @@ def test_inception_fid_and_kid_with_weights_on_disk(tiny_run, tmp_path, shared_c
     assert metrics["inception_fid"] >= 0 and "inception_note" not in metrics
     assert metrics["inception_kid_std"] >= 0 and isinstance(metrics["inception_kid"], float)
     assert metrics["inception_protocol"]["n_real"] == metrics["inception_protocol"]["n_generated"] == 16
-    proc = run_gancli("eval", f"ckpt={tiny_run}", f"inception_weights={tmp_path / 'absent.pth'}", cwd=tmp_path,
-                      check=False)
-    assert proc.returncode == 2 and "absent.pth" in proc.stderr and "Traceback" not in proc.stderr
+    from gancli import cli, evaluate
+    from gancli.errors import GancliError
+
+    with pytest.raises(GancliError, match="absent.pth"):
+        cli.preflight(evaluate, [f"ckpt={tiny_run}", f"inception_weights={tmp_path / 'absent.pth'}"])
