@@ -182,9 +182,16 @@ class AccelPlan:
 
 
 def plan_accel(cfg: AccelConfig, device: torch.device, precision: Precision, has_convs: bool,
-               data_parallel: bool = False) -> AccelPlan:
-    """Turn the accel config into the plan this device can run, noting every piece left out."""
+               data_parallel: bool = False, double_backward: bool = False) -> AccelPlan:
+    """Turn the accel config into the plan this device can run, noting every piece left out.
+    `double_backward`: D's update differentiates a gradient (a penalty), which CUDA graphs
+    capture but torch.compile cannot differentiate."""
     notes = []
+    compile_mode = None if cfg.compile is CompileMode.off else cfg.compile.value
+    if compile_mode and double_backward:
+        compile_mode = None
+        notes.append("compile off: torch.compile cannot differentiate D's gradient a second time, which the "
+                     "loss's gradient penalty needs")
     graphs = cfg.cuda_graphs
     if graphs and device.type != "cuda":
         graphs = False
@@ -195,7 +202,7 @@ def plan_accel(cfg: AccelConfig, device: torch.device, precision: Precision, has
     elif graphs and cfg.host_syncs:
         graphs = False
         notes.append("cuda_graphs off: per-step host syncs cannot run inside a graph")
-    elif graphs and cfg.compile is not CompileMode.off:
+    elif graphs and compile_mode:
         graphs = False
         notes.append("cuda_graphs off: torch.compile is on (its reduce-overhead mode makes graphs itself)")
     elif graphs and data_parallel:
@@ -207,7 +214,6 @@ def plan_accel(cfg: AccelConfig, device: torch.device, precision: Precision, has
     elif channels_last and not has_convs:
         channels_last = False
         notes.append("channels_last off: the model has no convolutions")
-    compile_mode = None if cfg.compile is CompileMode.off else cfg.compile.value
     return AccelPlan(
         name=cfg.name.value,
         dataloader=cfg.dataloader,

@@ -59,10 +59,10 @@ def make_optimizer(
 
 
 def plan_for(cfg: TrainApp, device: torch.device, data_parallel: bool = False) -> AccelPlan:
-    """The accel plan for this run: what its accel config asks, less what its model family,
+    """The accel plan for this run: what its accel config asks, less what its model family, loss,
     device and precision rule out."""
     return runtime.plan_accel(cfg.accel, device, cfg.precision.name, has_convs=traits(cfg.model).convolutional,
-                              data_parallel=data_parallel)
+                              data_parallel=data_parallel, double_backward=cfg.loss.double_backward)
 
 
 class Running:

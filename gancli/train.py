@@ -299,7 +299,7 @@ def train(cfg: TrainApp, run_dir: Path) -> dict[str, Any]:
     if step == start and resume_from is not None and status == "completed":
         log.info("the checkpoint is already at step %d of %d: nothing to train", step, steps)
     ranks.average_buffers(*train_step.modules())
-    checksums = ranks.checksums(train_step.G, train_step.D) if ranks.data_parallel else None  # equal when every rank agrees
+    checksums = ranks.checksums(*train_step.modules()) if ranks.data_parallel else None  # equal when every rank agrees
     if not main_rank:
         # pairs with rank 0's barrier below: torchrun ends every rank when one exits badly, so no
         # rank leaves before rank 0's last files are written

@@ -271,6 +271,11 @@ def test_r1_penalty_counts_in_the_step_flops_and_is_tried_in_graphs():
     cfg = compose_train("model=classic", "device=cpu")
     assert cfg.loss.double_backward
     assert plan_for(cfg, torch.device("cuda")).cuda_graphs
+    # torch.compile cannot differentiate a gradient again: the plan leaves it out, and says why
+    compiled = plan_for(compose_train("model=classic", "accel.compile=default"), torch.device("cuda"))
+    assert compiled.compile is None and compiled.cuda_graphs
+    assert "compile off" in compiled.notes[0] and "gradient penalty" in compiled.notes[0]
+    assert plan_for(compose_train("accel.compile=default"), CPU).compile == "default"
 
 
 def test_r1_penalty_lowers_the_discriminators_input_gradient(tmp_path):

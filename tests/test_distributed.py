@@ -15,6 +15,11 @@ from conftest import TINY, read_json, run_gancli, run_torchrun
 from gancli import checkpoint
 
 
+# the modern recipe's pieces that a data-parallel run must keep in step: penalties, G_ema, ADA
+RECIPE = ["loss=rpgan", "loss.r1_gamma=1", "loss.r2_gamma=1", "ema.half_life_kimg=0.1", "augment=ada",
+          "augment.interval=2", "augment.speed_kimg=1"]
+
+
 def timing_rows(run_dir):
     return [json.loads(line) for line in (run_dir / "timing.jsonl").read_text().splitlines()]
 
@@ -23,7 +28,7 @@ def timing_rows(run_dir):
 def ddp_run(tmp_path_factory):
     """Two processes, 6 steps, Hydra's default run folder: the folder they share."""
     root = tmp_path_factory.mktemp("ddp")
-    run_torchrun(2, "train", *TINY, cwd=root)
+    run_torchrun(2, "train", *TINY, *RECIPE, cwd=root)
     return root
 
 
@@ -35,7 +40,7 @@ def test_two_processes_share_one_run_folder_and_stay_in_sync(ddp_run):
     assert summary["status"] == "completed" and summary["steps"] == 6
     assert (summary["world_size"], summary["batch_size"], summary["global_batch_size"]) == (2, 16, 32)
     first, second = summary["replica_checksums"]
-    assert first == second  # every parameter of G and D equal on both ranks
+    assert first == second  # every parameter of G, D and G_ema equal on both ranks
     # rank 0 alone writes: one log line per event, one timing row per interval
     log = (run_dir / "train.log").read_text()
     assert log.count("data parallel over 2 processes (gloo)") == 1
@@ -47,7 +52,7 @@ def test_two_processes_share_one_run_folder_and_stay_in_sync(ddp_run):
 def test_resume_at_a_different_world_size(ddp_run, tmp_path):
     (run_dir,) = [p for p in (ddp_run / "outputs").glob("*/*") if p.is_dir()]
     saved = checkpoint.load(run_dir / "checkpoints" / "last.pt")
-    run_gancli("train", *TINY, "train.steps=8", "train.resume=auto", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    run_gancli("train", *TINY, *RECIPE, "train.steps=8", "train.resume=auto", f"hydra.run.dir={run_dir}", cwd=tmp_path)
     summary = read_json(run_dir / "summary.json")
     assert summary["steps"] == 8 and summary["world_size"] == 1 and summary["resumed_from"].endswith("last.pt")
     resumed = checkpoint.load(run_dir / "checkpoints" / "last.pt")
@@ -57,11 +62,12 @@ def test_resume_at_a_different_world_size(ddp_run, tmp_path):
 
 def test_one_process_under_torchrun_trains_the_plain_run_s_model(tmp_path):
     # DDP over one rank all-reduces nothing away: the same batches, noise and updates
-    run_torchrun(1, "train", *TINY, f"hydra.run.dir={tmp_path / 'ddp'}", cwd=tmp_path)
-    run_gancli("train", *TINY, f"hydra.run.dir={tmp_path / 'plain'}", cwd=tmp_path)
+    run_torchrun(1, "train", *TINY, *RECIPE, f"hydra.run.dir={tmp_path / 'ddp'}", cwd=tmp_path)
+    run_gancli("train", *TINY, *RECIPE, f"hydra.run.dir={tmp_path / 'plain'}", cwd=tmp_path)
     ddp, plain = timing_rows(tmp_path / "ddp"), timing_rows(tmp_path / "plain")
-    for key in ("loss_d", "loss_g"):
+    for key in ("loss_d", "loss_g", "r1", "r2", "augment_p"):
         assert [row[key] for row in ddp] == pytest.approx([row[key] for row in plain], rel=1e-5)
+    assert plain[-1]["augment_p"] > 0  # ADA moved p, through its all-reduce under torchrun
     assert read_json(tmp_path / "ddp" / "summary.json")["world_size"] == 1
 
 
