@@ -4,7 +4,8 @@ probability of ADA (Karras et al. 2020).
 D's real and generated batches go through the same random ops, so D cannot tell them apart by
 the augmentation, and gradients flow through the ops to G. Every random number is drawn on
 the device, so the augmentation runs inside CUDA graphs; `p` and ADA's evidence are buffers,
-saved in checkpoints with the module's state.
+saved in checkpoints with the module's state. Each op is a few tensor lines that never wait
+for the host, so no image library (kornia) is needed.
 """
 
 from __future__ import annotations

@@ -3,6 +3,10 @@
 The average follows StyleGAN's convention: after each G update it moves towards G with weight
 1 - beta, beta = 0.5 ** (images per update / half-life in images), so the old average's share
 halves every `half_life_kimg` thousand images. Batch-norm statistics are copied, not averaged.
+
+torch.optim.swa_utils.AveragedModel does the same eagerly, but its update branches on a
+counter read on the host (`n_averaged == 0`), which a captured CUDA graph would freeze, and its
+decay is fixed, so it has no ramp-up: hence the few lines here.
 """
 
 from __future__ import annotations

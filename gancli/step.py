@@ -155,7 +155,8 @@ class TrainStep:
         return self.ema.G if self.ema is not None else self.G
 
     def modules(self) -> list[nn.Module]:
-        """Every network whose buffers (batch-norm statistics) a data-parallel run averages."""
+        """Every network the step keeps: G, D and G_ema. A data-parallel run averages their buffers
+        (batch-norm statistics) and checks that their weights agree across ranks."""
         return [self.G, self.D] + ([self.ema.G] if self.ema is not None else [])
 
     # ---- the updates: objective, then zero_grad, (scaled) backward, optimizer step ----
