@@ -1,0 +1,130 @@
+"""Train each recipe on one data set at equal steps and seeds, then measure it with `gancli eval`.
+
+    python docs/recipes.py digits --seeds 0,1,2 --out recipes_out [--only ns,hinge_sn] [--steps 1000]
+
+Data sets: digits (bundled), mnist (the MNIST test split in --mnist-root), ring and grid. Every
+run keeps G's moving average (`ema.half_life_kimg=10 ema.rampup=0.05`), which does not change
+training, and is evaluated twice: as G_ema and as the raw G (`use_ema=false`). Writes
+<out>/<data>.json with every run's metrics and prints a markdown table of means over seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+EMA = ["ema.half_life_kimg=10", "ema.rampup=0.05"]
+IMAGES = {  # the default DCGAN, batch 64
+    "ns": [],
+    "lsgan": ["loss=lsgan"],
+    "hinge_sn": ["experiment=hinge_sn"],
+    "wgan_gp": ["experiment=wgan_gp"],
+    "rpgan": ["experiment=rpgan"],
+    "diffaug": ["augment=diffaug"],
+    "ada": ["augment=ada", "augment.speed_kimg=50"],  # ADA's 500 kimg is for runs of millions of images
+    # hinge_sn's two halves apart
+    "hinge": ["loss=hinge"],
+    "sn": ["model.spectral_norm=d"],
+    # the preset's gamma (1) against a tenth and ten times it
+    "rpgan_gamma0.1": ["experiment=rpgan", "loss.r1_gamma=0.1", "loss.r2_gamma=0.1"],
+    "rpgan_gamma10": ["experiment=rpgan", "loss.r1_gamma=10", "loss.r2_gamma=10"],
+}
+POINTS = {  # the MLP of experiment=ring, batch 256
+    "ns": [],
+    "lsgan": ["loss=lsgan"],
+    "hinge_sn": ["experiment=[ring,hinge_sn]"],
+    "wgan_gp": ["experiment=[ring,wgan_gp]"],
+    "rpgan": ["experiment=[ring,rpgan]"],
+}
+DATA = {
+    "digits": (["data=digits"], IMAGES),
+    "mnist": (["data=mnist", "data.split=test"], IMAGES),  # data.root from --mnist-root
+    "ring": (["experiment=ring"], POINTS),
+    "grid": (["experiment=ring", "data=grid"], POINTS),
+}
+HEADLINE = {"image": ["fd", "fd_real_floor", "classes_covered", "class_kl"], "points": ["modes", "hq", "reverse_kl"]}
+
+
+def gancli(*args: str, log: Path) -> None:
+    with open(log, "a") as f:
+        f.write(f"+ gancli {' '.join(args)}\n")
+        f.flush()
+        proc = subprocess.run([sys.executable, "-m", "gancli", *args], stdout=f, stderr=subprocess.STDOUT)
+    if proc.returncode:
+        raise SystemExit(f"gancli {' '.join(args)} failed (exit {proc.returncode}); see {log}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("data", choices=DATA)
+    parser.add_argument("--seeds", default="0")
+    parser.add_argument("--only", default="")
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--out", type=Path, default=Path("recipes_out"))
+    parser.add_argument("--mnist-root", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"))
+    parser.add_argument("--eval-n", type=int, default=2500)
+    args = parser.parse_args()
+    data_args, recipes = DATA[args.data]
+    if args.data == "mnist":
+        data_args = [*data_args, f"data.root={args.mnist_root}"]
+    points = args.data in ("ring", "grid")
+    steps = args.steps or (5000 if points else 1000)
+    names = args.only.split(",") if args.only else list(recipes)
+    out = args.out / args.data
+    out.mkdir(parents=True, exist_ok=True)
+    results_path = args.out / f"{args.data}.json"
+    results = json.loads(results_path.read_text()) if results_path.is_file() else []
+    done = {(r["recipe"], r["seed"]) for r in results}
+    for name in names:
+        for seed in map(int, args.seeds.split(",")):
+            if (name, seed) in done:
+                continue
+            run = out / f"{name}_s{seed}"
+            overrides = [*data_args, *recipes[name], *EMA, f"seed={seed}", f"train.steps={steps}", "train.ckpt_every=0",
+                         f"train.sample_every={steps}", "device=cpu", f"hydra.run.dir={run}"]
+            t0 = time.time()
+            gancli("train", *overrides, log=out / "log.txt")
+            train_s = time.time() - t0
+            row = {"recipe": name, "seed": seed, "steps": steps, "overrides": overrides[:-1], "train_s": round(train_s, 1)}
+            for generator, use_ema in (("G_ema", "true"), ("G", "false")):
+                metrics_out = run / f"eval_{generator}"
+                gancli("eval", f"ckpt={run}", f"n={args.eval_n}", f"use_ema={use_ema}", f"out={metrics_out}", "device=cpu",
+                       log=out / "log.txt")
+                metrics = json.loads((metrics_out / "metrics.json").read_text())
+                row[generator] = {k: metrics[k] for k in HEADLINE["points" if points else "image"]}
+            results.append(row)
+            results_path.write_text(json.dumps(results, indent=1))
+            print(name, seed, row["G"], row["G_ema"], f"{train_s:.0f} s", flush=True)
+    print(table(results, points))
+
+
+def table(results: list[dict], points: bool) -> str:
+    keys = HEADLINE["points" if points else "image"]
+    keys = [k for k in keys if k != "fd_real_floor"]
+    lines = ["| recipe | seeds | " + " | ".join(f"{k} (G)" for k in keys) + " | " +
+             " | ".join(f"{k} (G_ema)" for k in keys) + " | train s |",
+             "|---" * (3 + 2 * len(keys)) + "|"]
+    for name in dict.fromkeys(r["recipe"] for r in results):
+        rows = [r for r in results if r["recipe"] == name]
+
+        def cell(gen: str, key: str) -> str:
+            values = [r[gen][key] for r in rows]
+            mean = statistics.mean(values)
+            spread = f" ± {statistics.stdev(values):.2g}" if len(values) > 1 else ""
+            return f"{mean:.3g}{spread}"
+
+        lines.append(f"| {name} | {len(rows)} | " + " | ".join(cell("G", k) for k in keys) + " | " +
+                     " | ".join(cell("G_ema", k) for k in keys) +
+                     f" | {statistics.mean(r['train_s'] for r in rows):.0f} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main()
