@@ -20,7 +20,8 @@ from gancli.errors import GancliError, user_errors
 from gancli.files import write_json
 from gancli.images import save_scatter
 from gancli.inception import find_weights, inception_metrics
-from gancli.metrics import class_metrics, frechet_distance, mixture_metrics, stacked_metrics
+from gancli.metrics import (class_metrics, density_coverage, frechet_distance, mixture_metrics, precision_recall,
+                            stacked_metrics)
 from gancli.sample import generate_batches, load_generator
 
 log = logging.getLogger(__name__)
@@ -88,6 +89,8 @@ def evaluate(fake: torch.Tensor, data: Data, data_cfg: DataConfig, device: torch
         metrics = {
             "fd": frechet_distance(real_feats.numpy(), fake_feats.numpy()),
             "fd_real_floor": frechet_distance(real_feats[:m].numpy(), held_feats[:m].numpy()),
+            **precision_recall(real_feats, fake_feats),  # k = 3
+            **density_coverage(real_feats, fake_feats),  # k = 5
             "classifier_accuracy": ref.accuracy,
             **class_metrics(fake_pred, data.labels[ref.train_idx], ref.n_classes),
             **inception_metrics(train_real, fake, inception_weights, device),

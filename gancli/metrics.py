@@ -75,6 +75,40 @@ def stacked_metrics(channel_digits: torch.Tensor) -> dict[str, float]:
     }
 
 
+def _knn_radii(x: torch.Tensor, k: int) -> torch.Tensor:
+    """(N,) distance from each row of x (N, F) to its k-th nearest other row (the farthest, when
+    there are k rows or fewer)."""
+    k = min(k, len(x) - 1)
+    return torch.cdist(x, x).kthvalue(k + 1, dim=1).values  # k + 1: the row itself is at distance 0
+
+
+def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3) -> dict[str, float]:
+    """Improved precision and recall (Kynkaanniemi et al. 2019) of feature sets real (N, F) and
+    fake (M, F). Each set's manifold is the union of balls around its points, each ball as wide
+    as the distance to the point's k-th nearest neighbour in its own set. precision: share of
+    fake points inside the real manifold (are samples realistic?); recall: share of real points
+    inside the fake manifold (is the data's variety covered?)."""
+    real, fake = real.double(), fake.double()
+    dist = torch.cdist(fake, real)  # (M, N)
+    precision = (dist <= _knn_radii(real, k)[None, :]).any(dim=1).double().mean()
+    recall = (dist.T <= _knn_radii(fake, k)[None, :]).any(dim=1).double().mean()
+    return {"precision": float(precision), "recall": float(recall)}
+
+
+def density_coverage(real: torch.Tensor, fake: torch.Tensor, k: int = 5) -> dict[str, float]:
+    """Density and coverage (Naeem et al. 2020) of feature sets real (N, F) and fake (M, F), with
+    balls around the real points only (as wide as each one's k-th nearest real neighbour), which
+    makes them robust to outlying fakes. density: balls holding each fake point, summed and
+    divided by k M (1 on average when fake matches real, above 1 where fakes crowd the dense
+    regions); coverage: share of real balls that hold at least one fake point."""
+    real, fake = real.double(), fake.double()
+    inside = torch.cdist(fake, real) <= _knn_radii(real, k)[None, :]  # (M, N)
+    return {
+        "density": float(inside.sum() / (min(k, len(real) - 1) * len(fake))),
+        "coverage": float(inside.any(dim=0).double().mean()),
+    }
+
+
 def kernel_inception_distance(a: np.ndarray, b: np.ndarray, subsets: int = 100, subset_size: int = 1000,
                               seed: int = 0) -> tuple[float, float]:
     """KID: the unbiased squared MMD between feature sets a (N, F) and b (M, F) under the kernel

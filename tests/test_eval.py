@@ -35,6 +35,7 @@ def test_eval_of_an_image_run(tiny_run, tmp_path, shared_cache, monkeypatch):
     assert metrics["classes_covered"] in range(1, 11) and metrics["class_kl"] >= 0
     assert metrics["fd"] > metrics["fd_real_floor"] > 0  # 6 steps of training are far from real
     assert metrics["classifier_accuracy"] > 0.9
+    assert all(0 <= metrics[key] <= 1 for key in ("precision", "recall", "coverage")) and metrics["density"] >= 0
     protocol = metrics["protocol"]
     assert protocol["n_generated"] == 300 and protocol["n_real"] == 300 and protocol["data"] == "digits"
     assert len(protocol["extractor_hash"]) == 16 and protocol["data_split"] == "train"
@@ -53,6 +54,18 @@ def test_eval_of_an_image_run(tiny_run, tmp_path, shared_cache, monkeypatch):
     assert fits == []
     again = read_json(tmp_path / "again" / "metrics.json")
     assert again["fd"] == pytest.approx(metrics["fd"]) and again["protocol"] == protocol
+    # the data's own images, scored as if generated, are realistic and varied where the tiny run is not
+    import torch
+
+    from gancli.config import DataConfig, DataName
+    from gancli.data import load_data, to_model
+    from gancli.evaluate import evaluate
+
+    data_cfg = DataConfig(name=DataName.digits)
+    data = load_data(data_cfg, 0)
+    own = evaluate(to_model(data.x[:300]), data, data_cfg, torch.device("cpu"), 0, str(shared_cache))
+    assert min(own["precision"], own["recall"], own["coverage"]) > 0.7 and own["density"] > 0.7
+    assert max(metrics["precision"], metrics["recall"], metrics["coverage"]) < 0.5
 
 
 def test_training_evaluates_a_mixture(tmp_path, shared_cache):

@@ -6,7 +6,8 @@ import torch
 
 from gancli.config import DataConfig, DataName
 from gancli.data import load_data
-from gancli.metrics import class_metrics, frechet_distance, kernel_inception_distance, mixture_metrics, stacked_metrics
+from gancli.metrics import (class_metrics, density_coverage, frechet_distance, kernel_inception_distance, mixture_metrics,
+                            precision_recall, stacked_metrics)
 
 
 @pytest.mark.parametrize("name,k,std", [(DataName.ring, 8, 0.01), (DataName.grid, 25, 0.05)])
@@ -81,3 +82,37 @@ def test_frechet_distance_is_quiet_about_dead_features():
         warnings.simplefilter("error")
         value = frechet_distance(a, b)
     assert math.isfinite(value) and 0 <= value < 1.0
+
+
+def test_precision_recall_density_coverage_on_a_line():
+    # real points 0..4 (each real ball of radius 1 at k=1); fakes at 0.5 (inside the balls of 0
+    # and 1) and at 10 (in none); the two fakes' balls have radius 9.5 and hold every real point
+    real = torch.tensor([[0.0], [1.0], [2.0], [3.0], [4.0]])
+    fake = torch.tensor([[0.5], [10.0]])
+    assert precision_recall(real, fake, k=1) == {"precision": 0.5, "recall": 1.0}
+    assert density_coverage(real, fake, k=1) == {"density": 1.0, "coverage": 0.4}
+
+
+def test_identical_sets_score_perfectly_and_disjoint_ones_zero():
+    real = torch.randn(200, 8, generator=torch.Generator().manual_seed(0))
+    assert precision_recall(real, real.clone()) == {"precision": 1.0, "recall": 1.0}
+    same = density_coverage(real, real.clone(), k=5)
+    # each real ball holds its own point and its 5 nearest: 6 fakes each, over k M = 5 M
+    assert same["coverage"] == 1.0 and same["density"] == pytest.approx(6 / 5)
+    far = real + 100
+    assert precision_recall(real, far) == {"precision": 0.0, "recall": 0.0}
+    assert density_coverage(real, far) == {"density": 0.0, "coverage": 0.0}
+
+
+def test_a_dropped_mode_costs_recall_and_coverage_not_precision():
+    gen = torch.Generator().manual_seed(1)
+    mode_a, mode_b = torch.randn(100, 4, generator=gen), torch.randn(100, 4, generator=gen) + 50
+    real, fake = torch.cat([mode_a, mode_b]), mode_a.clone()  # G makes only mode A, perfectly
+    assert precision_recall(real, fake) == {"precision": 1.0, "recall": 0.5}
+    assert density_coverage(real, fake)["coverage"] == 0.5
+
+
+def test_neighbourhood_metrics_take_sets_smaller_than_k():
+    real, fake = torch.tensor([[0.0], [1.0]]), torch.tensor([[0.25], [3.0]])
+    assert precision_recall(real, fake, k=3) == {"precision": 0.5, "recall": 1.0}
+    assert density_coverage(real, fake, k=5) == {"density": 1.0, "coverage": 1.0}
