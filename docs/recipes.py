@@ -41,6 +41,8 @@ POINTS = {  # the MLP of experiment=ring, batch 256
     "hinge_sn": ["experiment=[ring,hinge_sn]"],
     "wgan_gp": ["experiment=[ring,wgan_gp]"],
     "rpgan": ["experiment=[ring,rpgan]"],
+    "pacgan2": ["model.pack=2"],  # PacGAN (Lin et al. 2018): D scores pairs
+    "pacgan4": ["model.pack=4"],
 }
 DATA = {
     "digits": (["data=digits"], IMAGES),

@@ -90,11 +90,15 @@ class Augment(nn.Module):
         return x
 
     @torch.no_grad()
-    def observe(self, real_logits: Tensor) -> None:
+    def observe(self, real_logits: Tensor, images: Optional[int] = None) -> None:
+        """Add the evidence of D's logits (B / m,) for `images` real images (B; m per logit when D
+        scores packs): r_t is their mean sign, and p's speed counts images."""
         if self.adaptive:
             signs = real_logits.detach().float().sign()
-            self.evidence[0].add_(signs.sum())
-            self.evidence[1].add_(signs.numel())  # a constant of the step: no host value enters a graph
+            images = images or signs.numel()
+            per_logit = images / signs.numel()
+            self.evidence[0].add_(signs.sum() * per_logit)
+            self.evidence[1].add_(images)  # a constant of the step: no host value enters a graph
 
     @torch.no_grad()
     def adjust(self, all_reduce: Optional[Callable[[Tensor], None]] = None) -> None:

@@ -25,6 +25,7 @@ from gancli.console import table_console
 from gancli.data import load_data
 from gancli.errors import GancliError, user_errors
 from gancli.files import write_csv, write_json
+from gancli.models import check_pack
 from gancli.step import TrainStep, plan_for, step_flops
 from gancli.timing import SectionTimer
 
@@ -69,6 +70,7 @@ def check(cfg: BenchApp) -> None:
     for size in cfg.bench.batch_size:
         if size < 1:
             raise GancliError(f"train.batch_size={size} is not allowed: a whole number >= 1")
+        check_pack(cfg.model.pack, size)
 
 
 def bench(cfg: BenchApp, run_dir: Path, overrides: list[str]) -> list[dict[str, Any]]:

@@ -152,7 +152,7 @@ def d_objective(cfg: LossConfig, G: nn.Module, D: nn.Module, batch: Batch, augme
         stats["gp"] = gradient_penalty(D(aug(x_hat), c), hat_leaf, grad_scale)
         objective = objective + cfg.gp_lambda * cfg.reg_every * stats["gp"]
     if augment is not None:
-        augment.observe(real_logits)  # the adaptive probability's evidence: how sure D is of the reals
+        augment.observe(real_logits, len(real))  # the adaptive probability's evidence: how sure D is of the reals
         stats["augment_p"] = augment.p
     return objective, stats
 

@@ -28,7 +28,7 @@ from gancli.evaluate import evaluate, generate
 from gancli.inception import find_weights
 from gancli.files import write_json, write_text
 from gancli.images import save_grid, save_scatter
-from gancli.models import build_models, latents
+from gancli.models import build_models, check_pack, latents
 from gancli.models.base import SpectralNorm
 from gancli.step import TrainStep, plan_for, step_flops
 from gancli.timing import JsonLines, SectionTimer
@@ -97,6 +97,7 @@ def check(cfg: TrainApp) -> torch.device:
     shape = data_shape(cfg.data)
     with torch.device("meta"):  # builds the networks without allocating their weights
         build_models(cfg.model, shape)
+    check_pack(cfg.model.pack, cfg.train.batch_size)
     if cfg.augment.active and len(shape) != 3:
         raise GancliError(f"augment={cfg.augment.name.value} transforms images, and data={cfg.data.name.value} is "
                           "2-D points; use augment=none")

@@ -83,3 +83,61 @@ def test_same_seed_same_weights():
     G2, _ = build_models(DCGANModel(g_width=8, d_width=8), (1, 28, 28))
     for a, b in zip(G1.state_dict().values(), G2.state_dict().values()):
         assert torch.equal(a, b)
+
+
+# ---- PacGAN packing ----
+
+@pytest.mark.parametrize("cfg, shape", [
+    (DCGANModel(g_width=8, d_width=8, pack=2), (1, 28, 28)),
+    (DCGANModel(g_width=8, d_width=8, pack=4), (3, 32, 32)),
+    (ClassicModel(g_width=8, d_width=8, d_dense=16, pack=3), (1, 28, 28)),
+    (MLPModel(depth=2, width=16, pack=4), (2,)),
+])
+def test_a_packed_d_scores_consecutive_samples_side_by_side(cfg, shape):
+    from gancli.models.base import Packed
+
+    G, D = build_models(cfg, shape)
+    m = cfg.pack
+    assert isinstance(D, Packed)
+    first = next(mod for mod in D.modules() if isinstance(mod, (torch.nn.Conv2d, torch.nn.Linear)))
+    assert getattr(first, "in_channels", getattr(first, "in_features", None)) == m * shape[0]
+    x = G(torch.randn(4 * m, G.z_dim))
+    assert x.shape == (4 * m, *shape)  # G is untouched by packing
+    D.eval()
+    logits = D(x)
+    assert logits.shape == (4,)
+    # pack i holds samples i m .. i m + m - 1, concatenated along channels (images) or features
+    by_hand = torch.cat([x[j::m] for j in range(m)], dim=1)
+    assert torch.allclose(logits, D.net(by_hand))
+
+
+def test_pack_one_is_the_plain_d_and_packs_must_divide_the_batch():
+    from gancli import bench, cli, train
+    from gancli.models.base import Packed
+
+    _, D = build_models(DCGANModel(g_width=8, d_width=8), (1, 28, 28))
+    assert not isinstance(D, Packed)  # checkpoints of unpacked runs keep their keys
+    cases = [
+        (train, ["model.pack=3"], "model.pack=3 must divide train.batch_size=64"),
+        (train, ["model.pack=0"], "model.pack=0"),
+        (bench, ["model.pack=2", "bench.batch_size=[64,5]"], "model.pack=2 must divide train.batch_size=5"),
+    ]
+    for command, overrides, expected in cases:
+        with pytest.raises(GancliError) as info:
+            cli.preflight(command, ["device=cpu", *overrides])
+        assert "\n" not in str(info.value) and expected in str(info.value), (overrides, str(info.value))
+
+
+@pytest.mark.parametrize("overrides", [
+    ["experiment=ring", "model.pack=2", "loss=rpgan", "loss.r1_gamma=1", "loss.r2_gamma=1", "train.batch_size=32"],
+    ["model.g_width=8", "model.d_width=8", "model.pack=4", "augment=diffaug", "loss.r1_gamma=1", "train.batch_size=16"],
+])
+def test_packed_training_runs_with_penalties_and_augmentation(tmp_path, overrides):
+    from gancli.train import train
+    from test_config import compose_train
+
+    cfg = compose_train("device=cpu", "train.steps=4", "train.log_every=2", "train.sample_every=0", "train.ckpt_every=0",
+                        *overrides)
+    summary = train(cfg, tmp_path / "run")
+    assert summary["status"] == "completed" and summary["steps"] == 4
+    assert all(torch.isfinite(torch.tensor(float(summary["stats"][key]))) for key in ("loss_d", "loss_g", "r1"))

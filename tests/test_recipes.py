@@ -275,3 +275,12 @@ def test_sample_uses_g_ema_unless_asked_for_the_raw_g(tmp_path):
     assert not torch.equal(G_ema(z), G_raw(z))
     out = sample(SampleApp(ckpt=str(path), n=4, out=str(tmp_path / "out"), use_ema=False))
     assert (out / "grid.png").is_file()
+
+
+def test_ada_counts_images_not_packs_when_d_scores_packs():
+    one, packed = _augment(adaptive=True, p=0.0, speed_kimg=1), _augment(adaptive=True, p=0.0, speed_kimg=1)
+    one.observe(torch.ones(64))  # 64 images, one logit each
+    packed.observe(torch.ones(16), images=64)  # the same 64 images in packs of 4
+    one.adjust()
+    packed.adjust()
+    assert packed.p.item() == one.p.item() == pytest.approx(64 / 1000)

@@ -17,7 +17,7 @@ from torch.nn.utils import parametrizations
 
 from gancli.errors import GancliError
 from gancli.models import classic, dcgan, mlp
-from gancli.models.base import ModelConfig, SpectralNorm, Traits, check_shape
+from gancli.models.base import ModelConfig, Packed, SpectralNorm, Traits, check_pack, check_shape
 
 FAMILIES: dict[str, ModuleType] = {m.Config.name: m for m in (classic, dcgan, mlp)}
 # earlier names of a family, so that checkpoints written under them still load
@@ -44,6 +44,9 @@ def build_models(cfg: Any, shape: tuple) -> tuple[nn.Module, nn.Module]:
     shape = tuple(shape)
     check_shape(cfg.name, fam.TRAITS, shape)
     G, D = fam.build(cfg, shape)
+    if cfg.pack > 1:  # D for m samples side by side: m times the channels (images) or features (points)
+        _, D = fam.build(cfg, (shape[0] * cfg.pack, *shape[1:]))
+        D = Packed(D, cfg.pack)
     if cfg.spectral_norm in (SpectralNorm.g, SpectralNorm.both):
         spectral_norm(G)
     if cfg.spectral_norm in (SpectralNorm.d, SpectralNorm.both):

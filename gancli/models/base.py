@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Optional
 
+from torch import Tensor, nn
+
 from gancli.errors import GancliError, at_least
 
 
@@ -25,9 +27,10 @@ class ModelConfig:
     z_dim: int = 100  # the noise G maps to a sample
     # torch's spectral-norm parametrisation on every conv and linear layer of D, G or both
     spectral_norm: SpectralNorm = SpectralNorm.none
+    pack: int = 1  # PacGAN: D scores this many samples at once (1: one at a time)
 
     def __post_init__(self) -> None:
-        at_least(self, "model", 1, "z_dim")
+        at_least(self, "model", 1, "z_dim", "pack")
 
 
 @dataclass(frozen=True)
@@ -51,3 +54,25 @@ def check_shape(name: str, traits: Traits, shape: tuple) -> None:
         )
     if points and not traits.points:
         raise GancliError(f"model={name} needs image data; for 2-D points (data=ring, data=grid) use model=mlp")
+
+
+class Packed(nn.Module):
+    """PacGAN's D (Lin et al. 2018): it scores m samples at once, so that a G whose samples lack
+    variety is easy to catch. Consecutive samples form a pack, concatenated along channels for
+    images ((B, C, H, W) -> (B/m, m C, H, W)) and along features for points ((B, F) -> (B/m, m F));
+    `net` is the family's D built for the packed shape. Output: (B/m,) logits, one per pack."""
+
+    def __init__(self, net: nn.Module, m: int):
+        super().__init__()
+        self.net, self.m = net, m
+
+    def forward(self, x: Tensor, c: Optional[Tensor] = None) -> Tensor:
+        packed = x.reshape(len(x) // self.m, self.m * x.shape[1], *x.shape[2:])
+        return self.net(packed, c)
+
+
+def check_pack(pack: int, batch_size: int, key: str = "train.batch_size") -> None:
+    """Refuse, in one line, a batch that packs of `pack` samples do not divide."""
+    if batch_size % pack:
+        raise GancliError(f"model.pack={pack} must divide {key}={batch_size}: D scores whole packs; "
+                          f"set {key} to a multiple of {pack}")
