@@ -25,7 +25,6 @@ from gancli.console import table_console
 from gancli.data import load_data
 from gancli.errors import GancliError, user_errors
 from gancli.files import write_csv, write_json
-from gancli.models import check_pack
 from gancli.step import TrainStep, plan_for, step_flops
 from gancli.timing import SectionTimer
 
@@ -63,14 +62,15 @@ def check(cfg: BenchApp) -> None:
     for name in cfg.bench.accel:
         if name not in accel_options:
             raise GancliError(f"accel={name} is not an option; choose from: {', '.join(sorted(accel_options))}")
-    for name in cfg.bench.precision:
-        if name not in Precision.__members__:
-            raise GancliError(f"precision={name} is not an option; choose from: {', '.join(Precision.__members__)}")
-        train.check(replace(cfg, precision=replace(cfg.precision, name=Precision[name])))
     for size in cfg.bench.batch_size:
         if size < 1:
             raise GancliError(f"train.batch_size={size} is not allowed: a whole number >= 1")
-        check_pack(cfg.model.pack, size)
+    for name in cfg.bench.precision:
+        if name not in Precision.__members__:
+            raise GancliError(f"precision={name} is not an option; choose from: {', '.join(Precision.__members__)}")
+        for size in cfg.bench.batch_size:  # the sizes timed, not train.batch_size, which bench does not use
+            train.check(replace(cfg, precision=replace(cfg.precision, name=Precision[name]),
+                                train=replace(cfg.train, batch_size=size)))
 
 
 def bench(cfg: BenchApp, run_dir: Path, overrides: list[str]) -> list[dict[str, Any]]:

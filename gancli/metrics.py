@@ -102,9 +102,10 @@ def density_coverage(real: torch.Tensor, fake: torch.Tensor, k: int = 5) -> dict
     divided by k M (1 on average when fake matches real, above 1 where fakes crowd the dense
     regions); coverage: share of real balls that hold at least one fake point."""
     real, fake = real.double(), fake.double()
+    k = min(k, len(real) - 1)
     inside = torch.cdist(fake, real) <= _knn_radii(real, k)[None, :]  # (M, N)
     return {
-        "density": float(inside.sum() / (min(k, len(real) - 1) * len(fake))),
+        "density": float(inside.sum() / (k * len(fake))),
         "coverage": float(inside.any(dim=0).double().mean()),
     }
 

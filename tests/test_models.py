@@ -126,6 +126,8 @@ def test_pack_one_is_the_plain_d_and_packs_must_divide_the_batch():
         with pytest.raises(GancliError) as info:
             cli.preflight(command, ["device=cpu", *overrides])
         assert "\n" not in str(info.value) and expected in str(info.value), (overrides, str(info.value))
+    # bench checks the batch sizes it times, not train.batch_size (64, which 3 does not divide)
+    cli.preflight(bench, ["device=cpu", "model.pack=3", "bench.batch_size=[48]"])
 
 
 @pytest.mark.parametrize("overrides", [
