@@ -65,6 +65,8 @@ def main(argv: Optional[list[str]] = None) -> None:
         return
     if command == "bench":  # its matrix keys take comma lists without -m
         rest = module.split_axes(rest)
+    if command == "sample":  # class=3, classes=0,1,2
+        rest = module.class_args(rest)
     rest = [part for arg in rest for part in _device_index(arg)]
     torchrun = command == "train" and "RANK" in os.environ  # one of the processes torchrun started
     if not any(arg.split("=")[0] in _NO_PREFLIGHT for arg in rest):

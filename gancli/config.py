@@ -336,6 +336,8 @@ class SampleApp:
     batch_size: int = 256  # samples generated at once, to bound memory
     interpolate: bool = False  # also write interpolation.png
     use_ema: bool = True  # sample from G's moving average where the checkpoint has one
+    # a conditional G's classes, by index or name (`class=3`, `classes=0,1,2`); null: all, evenly
+    classes: Optional[list[str]] = None
     device: DeviceConfig = field(default_factory=DeviceConfig)
 
     def __post_init__(self) -> None:

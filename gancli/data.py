@@ -30,6 +30,7 @@ class Data:
     x: torch.Tensor  # uint8 (N, C, H, W) images or float32 (N, 2) points
     labels: Optional[torch.Tensor] = None  # int64 (N,) where the data set has classes
     centres: Optional[torch.Tensor] = None  # float32 (K, 2) mixture centres for points
+    classes: Optional[list[str]] = None  # the name of each class, where the data set has classes
 
     @property
     def is_image(self) -> bool:
@@ -53,6 +54,28 @@ def data_shape(cfg: DataConfig) -> tuple:
     if cfg.name in (DataName.ring, DataName.grid):
         return (2,)
     return (cfg.channels, cfg.image_size, cfg.image_size)
+
+
+_FASHION = ["T-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot"]
+_CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def class_names(cfg: DataConfig) -> Optional[list[str]]:
+    """The names of the data set's classes, known without reading its samples (a folder's
+    subfolders are listed); None for a data set without classes."""
+    digits = [str(i) for i in range(10)]
+    names = {
+        DataName.digits: digits,
+        DataName.mnist: digits,
+        DataName.fashion_mnist: _FASHION,
+        DataName.cifar10: _CIFAR10,
+        DataName.stacked_mnist: [f"{i:03d}" for i in range(1000)],  # the digits of the R, G and B channels
+        DataName.ring: [f"mode {i}" for i in range(8)],
+        DataName.grid: [f"mode {i}" for i in range(25)],
+    }
+    if cfg.name is DataName.folder:
+        return _folder_classes(_folder_path(cfg))
+    return names.get(cfg.name)
 
 
 def to_model(x: torch.Tensor) -> torch.Tensor:
@@ -89,14 +112,14 @@ def load_data(cfg: DataConfig, seed: int) -> Data:
     images, labels = loaders[cfg.name](cfg)
     if images.shape[-1] != cfg.image_size or images.shape[-2] != cfg.image_size:
         images = _resize(images, cfg.image_size)
-    return Data(x=images.contiguous(), labels=labels)
+    return Data(x=images.contiguous(), labels=labels, classes=class_names(cfg) if labels is not None else None)
 
 
 def _mixture(centres: torch.Tensor, cfg: DataConfig, seed: int) -> Data:
     gen = torch.Generator().manual_seed(seed)
-    which = torch.randint(len(centres), (cfg.n,), generator=gen)
+    which = torch.randint(len(centres), (cfg.n,), generator=gen)  # each point's mode is its class
     points = centres[which] + cfg.std * torch.randn(cfg.n, 2, generator=gen)
-    return Data(x=points.float(), labels=which, centres=centres.float())
+    return Data(x=points.float(), labels=which, centres=centres.float(), classes=class_names(cfg))
 
 
 def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -209,18 +232,37 @@ def _cifar10(cfg: DataConfig) -> tuple[torch.Tensor, torch.Tensor]:
     return images, torch.tensor(ds.targets, dtype=torch.long)
 
 
-def _folder(cfg: DataConfig) -> tuple[torch.Tensor, None]:
-    from PIL import Image, UnidentifiedImageError
-    from torchvision.transforms.functional import center_crop, pil_to_tensor, resize
-
+def _folder_path(cfg: DataConfig) -> Path:
     if cfg.path is None:
         raise GancliError("data=folder needs data.path=<folder of images>")
     folder = Path(cfg.path).expanduser()
     if not folder.is_dir():
         raise GancliError(f"data.path={cfg.path} is not a folder")
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    return folder
+
+
+def _is_image(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
+
+
+def _folder_classes(folder: Path) -> Optional[list[str]]:
+    """The subfolder names, when every image of `folder` lies in one of its subfolders (one per
+    class); else None."""
+    if any(_is_image(p) for p in folder.iterdir()):
+        return None
+    names = sorted(d.name for d in folder.iterdir() if d.is_dir() and any(_is_image(p) for p in d.rglob("*")))
+    return names or None
+
+
+def _folder(cfg: DataConfig) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    from PIL import Image, UnidentifiedImageError
+    from torchvision.transforms.functional import center_crop, pil_to_tensor, resize
+
+    folder = _folder_path(cfg)
+    files = sorted(p for p in folder.rglob("*") if _is_image(p))
     if not files:
         raise GancliError(f"data.path={cfg.path} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    classes = _folder_classes(folder)
     mode = "L" if cfg.channels == 1 else "RGB"
     images = []
     for path in files:
@@ -231,7 +273,11 @@ def _folder(cfg: DataConfig) -> tuple[torch.Tensor, None]:
             raise GancliError(f"cannot read image {path}: {exc}") from None
         img = center_crop(resize(img, cfg.image_size, antialias=True), [cfg.image_size, cfg.image_size])
         images.append(pil_to_tensor(img))  # uint8 (C, S, S)
-    return torch.stack(images), None
+    if classes is None:
+        return torch.stack(images), None
+    index = {name: i for i, name in enumerate(classes)}
+    labels = torch.tensor([index[p.relative_to(folder).parts[0]] for p in files])  # the class subfolder
+    return torch.stack(images), labels
 
 
 def _check_batch(batch_size: int, world_size: int, n: int) -> None:
@@ -243,7 +289,8 @@ def _check_batch(batch_size: int, world_size: int, n: int) -> None:
 
 def _labels(data: Data, labels: bool) -> Optional[torch.Tensor]:
     if labels and data.labels is None:
-        raise GancliError("this data set has no class labels, so a conditional model cannot train on it")
+        raise GancliError("this data set has no class labels, so a conditional model cannot train on it; "
+                          "set model.conditional=false")
     return data.labels if labels else None
 
 

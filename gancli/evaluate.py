@@ -20,9 +20,9 @@ from gancli.errors import GancliError, user_errors
 from gancli.files import write_json
 from gancli.images import save_scatter
 from gancli.inception import find_weights, inception_metrics
-from gancli.metrics import (class_metrics, density_coverage, frechet_distance, mixture_metrics, precision_recall,
-                            stacked_metrics)
-from gancli.sample import generate_batches, load_generator
+from gancli.metrics import (class_metrics, density_coverage, frechet_distance, mixture_metrics, per_class_fd,
+                            precision_recall, stacked_metrics)
+from gancli.sample import even_labels, generate_batches, load_generator
 
 log = logging.getLogger(__name__)
 
@@ -42,25 +42,35 @@ def check(cfg: EvalApp) -> None:
     find_weights(cfg.inception_weights)
 
 
-def generate(G: torch.nn.Module, n: int, device: torch.device, seed: int, batch_size: int = 500) -> torch.Tensor:
-    """n samples from G in eval mode (float32, on the CPU), from noise of their own generator."""
+def generate(G: torch.nn.Module, n: int, device: torch.device, seed: int,
+             batch_size: int = 500) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """n samples from G in eval mode (float32, on the CPU), from noise of their own generator, and
+    for a conditional G the (n,) classes asked for: every class in turn, in equal runs."""
     was_training = G.training
     G.eval()
     gen = torch.Generator().manual_seed(seed)
-    fake = torch.cat([x for _, x in generate_batches(G, n, device, gen, batch_size)])
+    labels = even_labels(torch.arange(G.n_classes), n)[0] if G.n_classes else None
+    fake = torch.cat([x for _, x in generate_batches(G, n, device, gen, batch_size, labels)])
     G.train(was_training)
-    return fake
+    return fake, labels
 
 
 def evaluate(fake: torch.Tensor, data: Data, data_cfg: DataConfig, device: torch.device, seed: int,
-             cache_dir: str, inception_weights: Optional[str] = None) -> dict[str, Any]:
+             cache_dir: str, inception_weights: Optional[str] = None,
+             asked: Optional[torch.Tensor] = None) -> dict[str, Any]:
     """The metrics of generated samples `fake` (from `generate`) for this kind of data, each
-    with the protocol it was measured under."""
+    with the protocol it was measured under. `asked`, the (N,) classes a conditional G was asked
+    for, adds how often the sample is of that class (class_accuracy) and, for images, the FD of
+    each class."""
     n = len(fake)
+    conditional: dict[str, Any] = {}
     if not data.is_image:
         if data.centres is None:
             raise GancliError(f"data={data_cfg.name.value} has no mixture centres to measure modes against")
         metrics: dict[str, Any] = mixture_metrics(fake, data.centres, data_cfg.std)
+        if asked is not None:  # a sample is of the class (mode) whose centre is nearest
+            nearest = torch.cdist(fake.double(), data.centres.double()).argmin(1)
+            conditional["class_accuracy"] = float((nearest == asked).double().mean())
         protocol = {"n_generated": n, "n_real": 0, "feature_extractor": "none (nearest mixture centre)"}
     elif data_cfg.name is DataName.stacked_mnist:
         # one digit classifier, trained on the real images' channels, labels each generated channel
@@ -69,6 +79,10 @@ def evaluate(fake: torch.Tensor, data: Data, data_cfg: DataConfig, device: torch
         ref = reference_classifier(channels, Path(cache_dir), device)
         _, predicted = ref.embed(fake.reshape(-1, 1, *fake.shape[2:]), device)
         metrics = {**stacked_metrics(predicted.reshape(-1, 3)), "classifier_accuracy": ref.accuracy}
+        if asked is not None:  # all three channel digits as asked
+            digits = predicted.reshape(-1, 3)
+            conditional["class_accuracy"] = float(((digits[:, 0] * 100 + digits[:, 1] * 10 + digits[:, 2]) == asked)
+                                                  .double().mean())
         protocol = {
             "n_generated": n,
             "n_real": len(channels.x),
@@ -95,6 +109,12 @@ def evaluate(fake: torch.Tensor, data: Data, data_cfg: DataConfig, device: torch
             **class_metrics(fake_pred, data.labels[ref.train_idx], ref.n_classes),
             **inception_metrics(train_real, fake, inception_weights, device),
         }
+        if asked is not None:
+            fds = per_class_fd(real_feats, data.labels[ref.train_idx[:n]], fake_feats, asked, ref.n_classes)
+            finite = [v for v in fds if v == v]
+            conditional = {"class_accuracy": float((fake_pred == asked).double().mean()),
+                           "fd_class_mean": sum(finite) / len(finite) if finite else float("nan"),
+                           "fd_per_class": fds}
         if "inception_note" in metrics:
             log.info(metrics["inception_note"])
         protocol = {
@@ -108,7 +128,9 @@ def evaluate(fake: torch.Tensor, data: Data, data_cfg: DataConfig, device: torch
     protocol["data"] = data_cfg.name.value
     protocol["data_split"] = data_cfg.split.value if data.is_image else f"drawn, seed {seed}"
     protocol["seed"] = seed
-    return {**metrics, "protocol": protocol}
+    if asked is not None:
+        protocol["classes_asked"] = "every class in turn, equal runs"
+    return {**metrics, **conditional, "protocol": protocol}
 
 
 def run_eval(cfg: EvalApp) -> dict[str, Any]:
@@ -116,8 +138,8 @@ def run_eval(cfg: EvalApp) -> dict[str, Any]:
     G, state, path = load_generator(cfg.ckpt, device, cfg.use_ema)
     train_cfg = train_config_from_plain(state["config"])
     data = load_data(train_cfg.data, train_cfg.seed)
-    fake = generate(G, cfg.n, device, cfg.seed)
-    metrics = evaluate(fake, data, train_cfg.data, device, cfg.seed, cfg.cache_dir, cfg.inception_weights)
+    fake, asked = generate(G, cfg.n, device, cfg.seed)
+    metrics = evaluate(fake, data, train_cfg.data, device, cfg.seed, cfg.cache_dir, cfg.inception_weights, asked)
     metrics["step"] = state["step"]
     metrics["checkpoint"] = str(path)
     metrics["protocol"]["generator"] = state["generator"]  # G_ema (the moving average) or G
@@ -130,7 +152,7 @@ def run_eval(cfg: EvalApp) -> dict[str, Any]:
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key, value in metrics.items():
-        if key not in ("protocol", "checkpoint", "inception_protocol"):
+        if key not in ("protocol", "checkpoint", "inception_protocol", "fd_per_class"):
             table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
     table_console().print(table)
     log.info("wrote %s", out / "metrics.json")

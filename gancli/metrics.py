@@ -62,6 +62,17 @@ def class_metrics(predicted: torch.Tensor, real_labels: torch.Tensor, n_classes:
     return {"classes_covered": int(nonzero.sum()), "n_classes": n_classes, "class_kl": float(kl) if math.isfinite(kl) else math.inf}
 
 
+def per_class_fd(real: torch.Tensor, real_labels: torch.Tensor, fake: torch.Tensor, fake_labels: torch.Tensor,
+                 n_classes: int) -> list[float]:
+    """The Frechet distance between the real and the generated features (N, F) of each class, for
+    a conditional G; NaN for a class with fewer than 2 samples on either side."""
+    out = []
+    for k in range(n_classes):
+        a, b = real[real_labels == k], fake[fake_labels == k]
+        out.append(frechet_distance(a.numpy(), b.numpy()) if len(a) > 1 and len(b) > 1 else math.nan)
+    return out
+
+
 def stacked_metrics(channel_digits: torch.Tensor) -> dict[str, float]:
     """Stacked MNIST: channel_digits (N, 3) are the digits predicted for each channel.
     modes: distinct (r, g, b) triples of 1,000; kl: KL(mode histogram || uniform), natural log."""

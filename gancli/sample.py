@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import math
+import re
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
 import hydra
 import torch
@@ -35,6 +37,43 @@ def check(cfg: SampleApp) -> None:
     checkpoint.find(cfg.ckpt)
 
 
+def class_args(args: list[str]) -> list[str]:
+    """`class=3` and `classes=0,1,2` as Hydra reads them, `classes=[3]` and `classes=[0,1,2]`: a
+    comma list on Hydra's command line would otherwise be a sweep."""
+    out = []
+    for arg in args:
+        match = re.fullmatch(r"(class|classes)=([^\[].*)", arg)
+        out.append(f"classes=[{match.group(2)}]" if match else arg)
+    return out
+
+
+def chosen_classes(asked: Optional[list[str]], names: list[str], ckpt: Path) -> torch.Tensor:
+    """The labels (k,) of the classes asked for by index or by name; every class when none are."""
+    if asked is None:
+        return torch.arange(len(names))
+    labels = []
+    for item in asked:
+        item = str(item)
+        if item in names:
+            labels.append(names.index(item))
+        elif item.isdigit() and int(item) < len(names):
+            labels.append(int(item))
+        else:
+            shown = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
+            raise GancliError(f"class {item} is not one of the {len(names)} classes of {ckpt} (0..{len(names) - 1} "
+                              f"or a name: {shown})")
+    if not labels:
+        raise GancliError("classes=[] asks for no class; name at least one, or leave classes out for all of them")
+    return torch.tensor(labels)
+
+
+def even_labels(classes: torch.Tensor, n: int) -> tuple[torch.Tensor, int]:
+    """n labels, the classes in turn in equal runs: (n,) labels and the run length, which is a grid
+    row."""
+    per = math.ceil(n / len(classes))
+    return classes.repeat_interleave(per)[:n], per
+
+
 def load_generator(ckpt: str | Path, device: torch.device, use_ema: bool = True) -> tuple[torch.nn.Module, dict, Path]:
     """(G rebuilt from the checkpoint's own config by family name, in eval mode on `device`, with
     the weights of its moving average where it has one and `use_ema`; the checkpoint's
@@ -43,7 +82,7 @@ def load_generator(ckpt: str | Path, device: torch.device, use_ema: bool = True)
     state = checkpoint.load(path)
     train_cfg = train_config_from_plain(state["config"])
     shape = tuple(state["data_shape"])
-    G, _ = build_models(train_cfg.model, shape)
+    G, _ = build_models(train_cfg.model, shape, len(state.get("classes") or []))
     state["generator"] = "G_ema" if use_ema and "G_ema" in state else "G"
     try:
         G.load_state_dict(state[state["generator"]])
@@ -53,12 +92,15 @@ def load_generator(ckpt: str | Path, device: torch.device, use_ema: bool = True)
 
 
 @torch.no_grad()
-def generate_batches(G: torch.nn.Module, n: int, device: torch.device, gen: torch.Generator,
-                     batch_size: int) -> Iterator[tuple[int, torch.Tensor]]:
+def generate_batches(G: torch.nn.Module, n: int, device: torch.device, gen: torch.Generator, batch_size: int,
+                     labels: Optional[torch.Tensor] = None) -> Iterator[tuple[int, torch.Tensor]]:
     """(index of the first sample, float32 samples on the CPU) for n samples of G, batch by batch,
-    from CPU noise drawn with `gen`: the same samples on every device."""
+    from CPU noise drawn with `gen`: the same samples on every device. A conditional G draws
+    its classes at random, or the (n,) `labels` given."""
     for start in range(0, n, batch_size):
         z, c = latents(G, min(batch_size, n - start), device, gen)
+        if labels is not None and c is not None:
+            c = labels[start : start + len(z)].to(device)
         yield start, G(z, c).float().cpu()  # (b, C, H, W) or (b, 2)
 
 
@@ -69,9 +111,17 @@ def sample(cfg: SampleApp) -> Path:
     out = Path(cfg.out) if cfg.out else checkpoint.run_dir_of(path) / "generated"
     is_image = len(state["data_shape"]) == 3
     gen = torch.Generator().manual_seed(cfg.seed)
+    names = state.get("classes") or []
+    labels, nrow, chosen = None, None, None
+    if G.n_classes:  # the classes asked for, in equal runs: one class per grid row
+        chosen = chosen_classes(cfg.classes, names, path)
+        labels, per = even_labels(chosen, cfg.n)
+        nrow = per if per > 1 else None
+    elif cfg.classes is not None:
+        raise GancliError(f"{path} holds an unconditional G, which draws no classes; leave out classes=")
 
     shown = []
-    for start, x in generate_batches(G, cfg.n, device, gen, cfg.batch_size):
+    for start, x in generate_batches(G, cfg.n, device, gen, cfg.batch_size, labels):
         if is_image:
             save_singles(x, out, start)
             shown.append(x[: max(0, GRID_MAX - start)])
@@ -79,7 +129,7 @@ def sample(cfg: SampleApp) -> Path:
             shown.append(x)
     shown = torch.cat(shown)
     if is_image:
-        save_grid(shown, out / "grid.png")
+        save_grid(shown, out / "grid.png", nrow=nrow)
     else:
         save_scatter(shown, out / "grid.png", title=f"{cfg.n} samples")
         (out / "points.csv").write_text("x,y\n" + "".join(f"{a:.6f},{b:.6f}\n" for a, b in shown.tolist()))
@@ -91,9 +141,15 @@ def sample(cfg: SampleApp) -> Path:
             ends = torch.randn(2, INTERP_ROWS, G.z_dim, generator=gen)
             t = torch.linspace(0, 1, INTERP_STEPS)
             z = _slerp(ends[0], ends[1], t).reshape(-1, G.z_dim).to(device)  # (rows * steps, z)
+            c = None
+            if chosen is not None:  # each row keeps one class
+                c = chosen[torch.arange(INTERP_ROWS) % len(chosen)].repeat_interleave(INTERP_STEPS).to(device)
             with torch.no_grad():
-                strip = G(z).float().cpu()
+                strip = G(z, c).float().cpu()
             save_grid(strip, out / "interpolation.png", nrow=INTERP_STEPS)
+    if chosen is not None:
+        (out / "classes.csv").write_text("index,class\n" + "".join(
+            f"{i:06d},{names[k] if k < len(names) else k}\n" for i, k in enumerate(labels.tolist())))
     log.info("wrote %d samples of %s from %s (step %d) to %s", cfg.n, state["generator"], path, state["step"], out)
     return out
 

@@ -21,7 +21,7 @@ from torch import nn
 from gancli import runtime
 from gancli.augment import Augment
 from gancli.config import OptimizerConfig, OptimizerName, TrainApp
-from gancli.data import Batch, Batches, Data, LoaderBatches
+from gancli.data import Batch, Batches, Data, LoaderBatches, class_names
 from gancli.ema import EMA, ema_beta
 from gancli.losses import Stats, d_objective, g_objective
 from gancli.models import build_models, traits
@@ -94,7 +94,7 @@ class TrainStep:
         self.images_per_step = cfg.train.batch_size * ranks.world_size  # G's samples per update, every rank
 
         # Networks, optimizers, gradient scalers, G's moving average and the augmentation.
-        self.G, self.D = build_models(cfg.model, data.shape)
+        self.G, self.D = build_models(cfg.model, data.shape, len(data.classes or []))
         self.G.to(device)
         self.D.to(device)
         if plan.channels_last:
@@ -297,9 +297,10 @@ def step_flops(cfg: TrainApp, shape: tuple) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
     with torch.device("meta"):
-        G, D = build_models(cfg.model, shape)
+        G, D = build_models(cfg.model, shape, len(class_names(cfg.data) or []))
         augment = Augment(cfg.augment) if cfg.augment.active else None
-        batch = Batch(torch.empty(cfg.train.batch_size, *shape))
+        c = torch.zeros(cfg.train.batch_size, dtype=torch.long) if G.n_classes else None
+        batch = Batch(torch.empty(cfg.train.batch_size, *shape), c)
 
     def flops(run: Callable[[], torch.Tensor]) -> int:
         with FlopCounterMode(display=False) as counter:

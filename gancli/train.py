@@ -22,13 +22,13 @@ import gancli
 from gancli import checkpoint, runtime, tracking
 from gancli.console import progress_bar
 from gancli.config import LABELLED, MIXTURES, LossName, TrainApp, to_plain, to_typed, train_config_from_plain
-from gancli.data import data_shape, load_data
+from gancli.data import class_names, data_shape, load_data
 from gancli.errors import GancliError, user_errors
 from gancli.evaluate import evaluate, generate
 from gancli.inception import find_weights
 from gancli.files import write_json, write_text
 from gancli.images import save_grid, save_scatter
-from gancli.models import build_models, check_pack, latents
+from gancli.models import build_models, check_pack, class_rows, latents
 from gancli.models.base import SpectralNorm
 from gancli.step import TrainStep, plan_for, step_flops
 from gancli.timing import JsonLines, SectionTimer
@@ -95,8 +95,13 @@ def check(cfg: TrainApp) -> torch.device:
     device = runtime.resolve_device(cfg.device)
     runtime.check_precision(device, cfg.precision.name)
     shape = data_shape(cfg.data)
+    classes = class_names(cfg.data) if cfg.model.conditional else None
+    if cfg.model.conditional and classes is None:
+        hint = " (or a data.path folder with one subfolder per class)" if cfg.data.name.value == "folder" else ""
+        raise GancliError(f"model.conditional=true needs a data set with classes{hint}, and data={cfg.data.name.value} "
+                          "has none; set model.conditional=false")
     with torch.device("meta"):  # builds the networks without allocating their weights
-        build_models(cfg.model, shape)
+        build_models(cfg.model, shape, len(classes or []))
     check_pack(cfg.model.pack, cfg.train.batch_size)
     if cfg.augment.active and len(shape) != 3:
         raise GancliError(f"augment={cfg.augment.name.value} transforms images, and data={cfg.data.name.value} is "
@@ -135,6 +140,10 @@ def train(cfg: TrainApp, run_dir: Path) -> dict[str, Any]:
     # grids never shifts the training noise
     n_fixed = cfg.train.sample_n if data.is_image else POINTS_PLOTTED
     fixed_z, fixed_c = latents(G, n_fixed, device, torch.Generator().manual_seed(cfg.seed + 1))
+    grid_cols = None  # about square
+    if G.n_classes and data.is_image:  # one class per row, the first classes of a long list
+        fixed_c, grid_cols = class_rows(G.n_classes, n_fixed)
+        fixed_z, fixed_c = fixed_z[: len(fixed_c)], fixed_c.to(device)
 
     plain_cfg = to_plain(cfg)
     ckpt_dir, samples_dir = run_dir / "checkpoints", run_dir / "samples"
@@ -163,6 +172,7 @@ def train(cfg: TrainApp, run_dir: Path) -> dict[str, Any]:
             "rng": runtime.rng_state(device),
             "config": plain_cfg,
             "data_shape": list(data.shape),
+            "classes": data.classes if G.n_classes else None,  # the name of each class a conditional G draws
         }
 
     tracker = tracking.make_tracker(cfg.logger, run_dir if main_rank else None)
@@ -175,7 +185,7 @@ def train(cfg: TrainApp, run_dir: Path) -> dict[str, Any]:
         G.train(was_training)
         path = samples_dir / f"step_{step:06d}.png"
         if data.is_image:
-            save_grid(fake, path)
+            save_grid(fake, path, nrow=grid_cols)
         else:
             save_scatter(fake, path, real=data.x[:POINTS_PLOTTED], title=f"step {step}")
         tracker.image(step, "samples", path)
@@ -284,9 +294,9 @@ def train(cfg: TrainApp, run_dir: Path) -> dict[str, Any]:
                 checkpoint.save(state, ckpt_dir / f"step_{step:06d}.pt")
                 checkpoint.save(state, ckpt_dir / "last.pt")
             if eval_now and main_rank:
-                fake = generate(G, cfg.eval.n, device, cfg.seed)
+                fake, asked = generate(G, cfg.eval.n, device, cfg.seed)
                 metrics = {"step": step, **evaluate(fake, data, cfg.data, device, cfg.seed, cfg.eval.cache_dir,
-                                                   cfg.eval.inception_weights)}
+                                                   cfg.eval.inception_weights, asked)}
                 metrics_log.write(metrics)
                 tracker.scalars(step, metrics, prefix="eval/")
                 log.info("step %d metrics: %s", step, ", ".join(

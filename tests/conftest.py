@@ -66,3 +66,9 @@ def tiny_run(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("tiny")
     run_gancli("train", *TINY, f"hydra.run.dir={root / 'run'}", cwd=root)
     return root / "run"
+
+
+@pytest.fixture(scope="session")
+def shared_cache_dir(tmp_path_factory) -> Path:
+    """A reference-classifier cache for the tests that do not care who trained the classifier."""
+    return tmp_path_factory.mktemp("classifier-cache")

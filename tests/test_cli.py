@@ -192,7 +192,7 @@ def test_train_help_lists_the_groups_and_only_real_options(tmp_path):
     proc = run_gancli("train", "--help", cwd=tmp_path)
     section = proc.stdout.split("== Configuration groups ==")[1].split("== Config ==")[0]
     groups = dict(line.split(": ", 1) for line in section.splitlines() if ": " in line and "(" not in line)
-    assert groups["model"] == "classic, dcgan, mlp"  # the typed schemas behind them are not options
+    assert groups["model"] == "classic, dcgan, mlp, residual, resnet"  # the typed schemas behind them are not options
     assert groups["logger"] == "none, tensorboard" and groups["hparams_search"] == "optuna_lr"
 
 

@@ -43,7 +43,7 @@ def test_top_level_keys_are_frozen():
 @pytest.mark.parametrize(
     "group,names",
     [
-        ("model", ["classic", "dcgan", "mlp"]),
+        ("model", ["classic", "dcgan", "mlp", "residual", "resnet"]),
         ("data", ["cifar10", "digits", "fake", "fashion_mnist", "folder", "grid", "mnist", "ring", "stacked_mnist"]),
         ("optimizer", ["adam", "rmsprop", "sgd"]),
         ("loss", ["hinge", "lsgan", "minimax", "ns", "rpgan", "wasserstein"]),
@@ -120,7 +120,7 @@ def test_plain_round_trip():
         (["optimizer.beta1=1.5"], ["optimizer.beta1"]),
         (["loss.r1_gamma=-1"], ["loss.r1_gamma=-1.0", ">= 0"]),
         (["train.steps=many"], ["train.steps"]),
-        (["model=gpt"], ["model=gpt", "classic", "dcgan", "mlp"]),
+        (["model=gpt"], ["model=gpt", "classic", "dcgan", "mlp", "residual", "resnet"]),
         (["model=seed"], ["model=seed is now model=classic"]),
         (["experiment=rign"], ["experiment=rign is not an option", "debug", "ring"]),
         (["experiment=[ring,debugg]"], ["experiment=debugg is not an option"]),

@@ -14,11 +14,6 @@ def cache(tmp_path, monkeypatch):
     return tmp_path / "cache"
 
 
-@pytest.fixture(scope="session")
-def shared_cache_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("classifier-cache")
-
-
 @pytest.fixture
 def shared_cache(shared_cache_dir, monkeypatch):
     """A classifier cache shared by the tests that do not care who trained it."""

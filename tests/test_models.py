@@ -19,7 +19,7 @@ def _check(G, D, shape, batch=3):
 
 
 def test_registry_names():
-    assert set(FAMILIES) == {"classic", "dcgan", "mlp"}
+    assert set(FAMILIES) == {"classic", "dcgan", "mlp", "residual", "resnet"}
 
 
 def test_classic_is_the_classic_mnist_gan():

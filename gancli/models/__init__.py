@@ -1,9 +1,10 @@
 """The model families, and the one place where a (G, D) pair is built and G's noise is drawn.
 
 A family is one module with a `Config` dataclass (its schema, whose `name` is the family's
-name), its `TRAITS` and `build(cfg, shape) -> (G, D)`. G maps z of shape (B, G.z_dim) and class
-labels c (B,) or None to samples of shape (B, *shape); D maps samples and c to logits of shape
-(B,). Networks are rebuilt from the family's name and config, never unpickled.
+name), its `TRAITS` and `build(cfg, shape, n_classes) -> (G, D)`. G maps z of shape
+(B, G.z_dim) and class labels c (B,) or None to samples of shape (B, *shape); D maps samples
+and c to logits of shape (B,). n_classes = 0 builds an unconditional pair, which ignores c.
+Networks are rebuilt from the family's name and config, never unpickled.
 """
 
 from __future__ import annotations
@@ -16,14 +17,14 @@ from torch import nn
 from torch.nn.utils import parametrizations
 
 from gancli.errors import GancliError
-from gancli.models import classic, dcgan, mlp
+from gancli.models import classic, dcgan, mlp, residual, resnet
 from gancli.models.base import ModelConfig, Packed, SpectralNorm, Traits, check_pack, check_shape
 
-FAMILIES: dict[str, ModuleType] = {m.Config.name: m for m in (classic, dcgan, mlp)}
+FAMILIES: dict[str, ModuleType] = {m.Config.name: m for m in (classic, dcgan, mlp, resnet, residual)}
 # earlier names of a family, so that checkpoints written under them still load
 RENAMED = {"seed": "classic"}
 
-_NORMALISED_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.ConvTranspose2d)
+_NORMALISED_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.ConvTranspose2d, nn.Embedding)
 
 
 def family(name: str) -> ModuleType:
@@ -38,14 +39,18 @@ def traits(cfg: ModelConfig) -> Traits:
     return family(cfg.name).TRAITS
 
 
-def build_models(cfg: Any, shape: tuple) -> tuple[nn.Module, nn.Module]:
-    """(G, D) for a model config and a data shape: (C, H, W) images or (2,) points."""
+def build_models(cfg: Any, shape: tuple, n_classes: int = 0) -> tuple[nn.Module, nn.Module]:
+    """(G, D) for a model config and a data shape: (C, H, W) images or (2,) points; conditional on
+    n_classes classes when the config says so."""
     fam = family(cfg.name)
     shape = tuple(shape)
     check_shape(cfg.name, fam.TRAITS, shape)
-    G, D = fam.build(cfg, shape)
+    if cfg.conditional and n_classes < 1:
+        raise GancliError("model.conditional=true needs the number of classes of a labelled data set")
+    n_classes = n_classes if cfg.conditional else 0
+    G, D = fam.build(cfg, shape, n_classes)
     if cfg.pack > 1:  # D for m samples side by side: m times the channels (images) or features (points)
-        _, D = fam.build(cfg, (shape[0] * cfg.pack, *shape[1:]))
+        _, D = fam.build(cfg, (shape[0] * cfg.pack, *shape[1:]), n_classes)
         D = Packed(D, cfg.pack)
     if cfg.spectral_norm in (SpectralNorm.g, SpectralNorm.both):
         spectral_norm(G)
@@ -66,13 +71,22 @@ def spectral_norm(net: nn.Module) -> nn.Module:
 def latents(G: nn.Module, n: int, device: torch.device,
             gen: Optional[torch.Generator] = None) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """(z (n, z_dim), c (n,) class labels or None) for G or a DistributedDataParallel wrapper of
-    it. gen=None draws on the device, which CUDA graphs can capture; a CPU generator gives the
-    same noise on every device."""
+    it; a conditional G's classes are drawn uniformly. gen=None draws on the device, which CUDA
+    graphs can capture; a CPU generator gives the same noise on every device."""
     G = getattr(G, "module", G)  # DistributedDataParallel keeps the network as .module
+    n_classes = getattr(G, "n_classes", 0)
     if gen is None:
         z = torch.randn(n, G.z_dim, device=device)
-        c = torch.randint(G.n_classes, (n,), device=device) if G.n_classes else None
+        c = torch.randint(n_classes, (n,), device=device) if n_classes else None
     else:
         z = torch.randn(n, G.z_dim, generator=gen).to(device)
-        c = torch.randint(G.n_classes, (n,), generator=gen).to(device) if G.n_classes else None
+        c = torch.randint(n_classes, (n,), generator=gen).to(device) if n_classes else None
     return z, c
+
+
+def class_rows(n_classes: int, n: int, max_rows: int = 10) -> tuple[torch.Tensor, int]:
+    """Labels for a sample grid with one class per row: (rows * cols,) labels and cols, for at
+    most n images and the first min(n_classes, max_rows, n) classes."""
+    rows = max(1, min(n_classes, max_rows, n))
+    cols = max(1, n // rows)
+    return torch.arange(rows).repeat_interleave(cols), cols

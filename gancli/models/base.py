@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Optional
 
+import torch
 from torch import Tensor, nn
 
 from gancli.errors import GancliError, at_least
@@ -28,9 +29,13 @@ class ModelConfig:
     # torch's spectral-norm parametrisation on every conv and linear layer of D, G or both
     spectral_norm: SpectralNorm = SpectralNorm.none
     pack: int = 1  # PacGAN: D scores this many samples at once (1: one at a time)
+    conditional: bool = False  # G(z, c) and D(x, c) learn the data's classes (labelled data only)
 
     def __post_init__(self) -> None:
         at_least(self, "model", 1, "z_dim", "pack")
+        if self.conditional and self.pack > 1:
+            raise GancliError(f"model.pack={self.pack} cannot be combined with model.conditional=true: a pack mixes "
+                              "classes; set model.pack=1 or model.conditional=false")
 
 
 @dataclass(frozen=True)
@@ -76,3 +81,49 @@ def check_pack(pack: int, batch_size: int, key: str = "train.batch_size") -> Non
     if batch_size % pack:
         raise GancliError(f"model.pack={pack} must divide {key}={batch_size}: D scores whole packs; "
                           f"set {key} to a multiple of {pack}")
+
+
+# ---- class conditioning: G reads c through a class embedding or conditional batch norm, D through a projection ----
+
+class Projection(nn.Module):
+    """The projection discriminator's class term (Miyato & Koyama 2018): <embed(c), h>, the inner
+    product of a learned vector per class with D's last features h (B, F) -> (B,), added to the
+    logit."""
+
+    def __init__(self, n_classes: int, features: int):
+        super().__init__()
+        self.embed = nn.Embedding(n_classes, features)
+        nn.init.normal_(self.embed.weight, 0.0, features ** -0.5)
+
+    def forward(self, h: Tensor, c: Tensor) -> Tensor:
+        return (self.embed(c) * h).sum(1)
+
+
+class ConditionalBatchNorm(nn.Module):
+    """Batch norm whose scale and shift are learned per class (de Vries et al. 2017, as in SNGAN's
+    conditional G): (B, C, H, W) and (B,) labels -> (B, C, H, W). Scales start at 1, shifts at 0."""
+
+    takes_class = True  # ClassSequential hands it the labels
+
+    def __init__(self, channels: int, n_classes: int):
+        super().__init__()
+        self.bn = nn.BatchNorm2d(channels, affine=False)
+        self.weight = nn.Parameter(torch.ones(n_classes, channels))
+        self.bias = nn.Parameter(torch.zeros(n_classes, channels))
+
+    def forward(self, x: Tensor, c: Tensor) -> Tensor:
+        return self.bn(x) * self.weight[c][:, :, None, None] + self.bias[c][:, :, None, None]
+
+
+def batch_norm(channels: int, n_classes: int = 0) -> nn.Module:
+    """Batch norm over (B, C, H, W), conditional on the class when there are classes."""
+    return ConditionalBatchNorm(channels, n_classes) if n_classes else nn.BatchNorm2d(channels)
+
+
+class ClassSequential(nn.Sequential):
+    """nn.Sequential that also hands the class labels to the layers that take them."""
+
+    def forward(self, x: Tensor, c: Optional[Tensor] = None) -> Tensor:
+        for layer in self:
+            x = layer(x, c) if getattr(layer, "takes_class", False) else layer(x)
+        return x

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from gancli.errors import at_least
-from gancli.models.base import ModelConfig, Traits
+from gancli.models.base import ModelConfig, Projection, Traits
 
 
 @dataclass
@@ -31,14 +31,14 @@ TRAITS = Traits(convolutional=True)  # any image size; D's dense layer follows i
 
 
 class Generator(nn.Module):
-    n_classes = 0  # unconditional
-
-    def __init__(self, cfg: Config, shape: tuple):
+    def __init__(self, cfg: Config, shape: tuple, n_classes: int = 0):
         super().__init__()
-        self.z_dim = cfg.z_dim
+        self.z_dim, self.n_classes = cfg.z_dim, n_classes
         self.shape = shape
+        # a conditional G reads [z, embedding of c]: (B, 2 z_dim)
+        self.embed = nn.Embedding(n_classes, cfg.z_dim) if n_classes else None
         self.net = nn.Sequential(
-            nn.Linear(cfg.z_dim, cfg.g_width),
+            nn.Linear(cfg.z_dim * (2 if n_classes else 1), cfg.g_width),
             nn.LeakyReLU(0.2),
             nn.Linear(cfg.g_width, cfg.g_width),
             nn.LeakyReLU(0.2),
@@ -47,11 +47,13 @@ class Generator(nn.Module):
         )
 
     def forward(self, z: torch.Tensor, c: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if self.embed is not None:
+            z = torch.cat([z, self.embed(c)], 1)
         return self.net(z).view(z.shape[0], *self.shape)  # (B, C, H, W)
 
 
 class Discriminator(nn.Module):
-    def __init__(self, cfg: Config, shape: tuple):
+    def __init__(self, cfg: Config, shape: tuple, n_classes: int = 0):
         super().__init__()
         c, h, w = shape
         h4, w4 = (h + 3) // 4, (w + 3) // 4  # two stride-2 convs with padding 2
@@ -65,10 +67,14 @@ class Discriminator(nn.Module):
             nn.LeakyReLU(0.2),
             nn.Linear(cfg.d_dense, 1),
         )
+        self.project = Projection(n_classes, cfg.d_dense) if n_classes else None
 
     def forward(self, x: torch.Tensor, c: Optional[torch.Tensor] = None) -> torch.Tensor:
-        return self.net(x).squeeze(1)  # (B,) logits
+        if self.project is None:
+            return self.net(x).squeeze(1)  # (B,) logits
+        h = self.net[:-1](x)  # (B, d_dense) features
+        return self.net[-1](h).squeeze(1) + self.project(h, c)
 
 
-def build(cfg: Config, shape: tuple) -> tuple[nn.Module, nn.Module]:
-    return Generator(cfg, shape), Discriminator(cfg, shape)
+def build(cfg: Config, shape: tuple, n_classes: int = 0) -> tuple[nn.Module, nn.Module]:
+    return Generator(cfg, shape, n_classes), Discriminator(cfg, shape, n_classes)

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from gancli.errors import at_least
-from gancli.models.base import ModelConfig, Traits
+from gancli.models.base import ClassSequential, ConditionalBatchNorm, ModelConfig, Projection, Traits, batch_norm
 
 
 @dataclass
@@ -41,38 +41,37 @@ def _init(module: nn.Module) -> None:
         nn.init.normal_(module.weight, 0.0, 0.02)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.BatchNorm2d):
+    elif isinstance(module, (nn.BatchNorm2d, ConditionalBatchNorm)) and module.weight is not None:
         nn.init.normal_(module.weight, 1.0, 0.02)
         nn.init.zeros_(module.bias)
 
 
 class Generator(nn.Module):
-    n_classes = 0  # unconditional
-
-    def __init__(self, cfg: Config, shape: tuple):
+    def __init__(self, cfg: Config, shape: tuple, n_classes: int = 0):
         super().__init__()
         base, ups = _layout(shape)
-        self.z_dim = cfg.z_dim
+        self.z_dim, self.n_classes = cfg.z_dim, n_classes
         width = cfg.g_width * 2 ** (ups - 1)
-        # (B, z, 1, 1) -> (B, width, base, base)
+        # (B, z, 1, 1) -> (B, width, base, base); a conditional G's batch norms are per class
         layers: list[nn.Module] = [
             nn.ConvTranspose2d(cfg.z_dim, width, base, 1, 0, bias=False),
-            nn.BatchNorm2d(width),
+            batch_norm(width, n_classes),
             nn.ReLU(True),
         ]
         for _ in range(ups - 1):  # each doubles the side and halves the channels
-            layers += [nn.ConvTranspose2d(width, width // 2, 4, 2, 1, bias=False), nn.BatchNorm2d(width // 2), nn.ReLU(True)]
+            layers += [nn.ConvTranspose2d(width, width // 2, 4, 2, 1, bias=False), batch_norm(width // 2, n_classes),
+                       nn.ReLU(True)]
             width //= 2
         layers += [nn.ConvTranspose2d(width, shape[0], 4, 2, 1, bias=False), nn.Tanh()]  # (B, C, H, W)
-        self.net = nn.Sequential(*layers)
+        self.net = ClassSequential(*layers)
         self.apply(_init)
 
     def forward(self, z: torch.Tensor, c: Optional[torch.Tensor] = None) -> torch.Tensor:
-        return self.net(z[:, :, None, None])
+        return self.net(z[:, :, None, None], c)
 
 
 class Discriminator(nn.Module):
-    def __init__(self, cfg: Config, shape: tuple):
+    def __init__(self, cfg: Config, shape: tuple, n_classes: int = 0):
         super().__init__()
         base, downs = _layout(shape)
         width = cfg.d_width
@@ -83,11 +82,16 @@ class Discriminator(nn.Module):
             width *= 2
         layers += [nn.Conv2d(width, 1, base, 1, 0, bias=False)]  # (B, 1, 1, 1) logits
         self.net = nn.Sequential(*layers)
+        # the class term reads D's last feature map, summed over space: (B, width)
+        self.project = Projection(n_classes, width) if n_classes else None
         self.apply(_init)
 
     def forward(self, x: torch.Tensor, c: Optional[torch.Tensor] = None) -> torch.Tensor:
-        return self.net(x).flatten()
+        if self.project is None:
+            return self.net(x).flatten()
+        h = self.net[:-1](x)  # (B, width, base, base)
+        return self.net[-1](h).flatten() + self.project(h.sum((2, 3)), c)
 
 
-def build(cfg: Config, shape: tuple) -> tuple[nn.Module, nn.Module]:
-    return Generator(cfg, shape), Discriminator(cfg, shape)
+def build(cfg: Config, shape: tuple, n_classes: int = 0) -> tuple[nn.Module, nn.Module]:
+    return Generator(cfg, shape, n_classes), Discriminator(cfg, shape, n_classes)
