@@ -12,7 +12,10 @@
 # 6. the modern recipes under capture: the classic model's R1 double backward, and R3GAN's
 #    objective (R1 + R2) with G_ema's update and DiffAugment inside the graphs, each trained
 #    fast against eager and compared; bench rows for the recipe presets (DCGAN 64x64 RGB, bf16,
-#    batch 64), and the pytest cases marked gpu (tests/test_gpu.py).
+#    batch 64), and the pytest cases marked gpu (tests/test_gpu.py);
+# 7. the architectures: a class-conditional ResNet (conditional batch norm, projection D) trained
+#    fast against eager on the digits, and bench rows for model=resnet and experiment=r3gan at
+#    32x32 RGB, bf16, batch 64.
 # Each check runs under its own time limit and the script goes on past a failed one, so one
 # broken piece still leaves the others' figures; the last lines list what failed.
 # Where hydra is missing (see shared/wheels-gpu), put its wheels in .whl/ beside this checkout first
@@ -110,6 +113,19 @@ check bench_hinge_sn 60 gancli bench "${dcgan64[@]}" experiment=hinge_sn hydra.r
 check bench_rpgan 60 gancli bench "${dcgan64[@]}" experiment=rpgan hydra.run.dir="$out/bench_rpgan" "${quick[@]}"
 check bench_ema_diffaug 60 gancli bench "${dcgan64[@]}" ema.half_life_kimg=10 augment=diffaug \
   hydra.run.dir="$out/bench_ema_diffaug" "${quick[@]}"
+# 7. the architectures
+narrow=()
+if [ "${QUICK:-0}" = 1 ]; then narrow=(model.g_width=8 model.d_width=8); fi
+cond=("${common[@]}" model=resnet model.conditional=true "${narrow[@]}")
+check train_eager_cond 150 gancli train "${cond[@]}" accel=eager hydra.run.dir="$out/eager_cond" "${quick[@]:3}"
+check train_fast_cond 120 gancli train "${cond[@]}" accel=fast hydra.run.dir="$out/fast_cond" "${quick[@]:3}"
+check cond_graphs_vs_eager 30 python3 docs/compare_runs.py "$out/eager_cond" "$out/fast_cond"
+rgb32=(data=fake data.image_size=32 data.channels=3 data.n=8192 train.batch_size=64 precision=bf16 accel=eager,fast)
+check bench_resnet32 90 gancli bench "${rgb32[@]}" model=resnet "${narrow[@]}" hydra.run.dir="$out/bench_resnet32" \
+  "${quick[@]}"
+if [ "${QUICK:-0}" = 1 ]; then narrow=(model.width=4 model.width_max=8 model.group_size=4); fi
+check bench_r3gan32 90 gancli bench "${rgb32[@]}" experiment=r3gan "${narrow[@]}" hydra.run.dir="$out/bench_r3gan32" \
+  "${quick[@]}"
 if [ "${QUICK:-0}" != 1 ]; then  # without CUDA they skip
   check pytest_gpu 180 python3 -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider
 fi

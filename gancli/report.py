@@ -35,12 +35,14 @@ from gancli.files import atomic, write_csv, write_json
 
 log = logging.getLogger(__name__)
 
-USAGE = """usage: gancli report <folder> [<folder> ...] [out=DIR]
+USAGE = """usage: gancli report <folder> [<folder> ...] [out=DIR] [over=KEY]
 
 One row per training run found in the folders (run folders, sweep folders, or folders that hold
 them): overrides that differ between runs, status, steps, wall time, img/s, final losses and the
 latest metrics. Writes report.csv, report.json, loss.png, img_per_s.png and metrics.png into
-out=DIR (default: the one folder given, or the current directory for several).
+out=DIR (default: the one folder given, or the current directory for several). over=seed adds a
+table of means and standard errors over the runs that differ only in that override, written to
+report_over_seed.csv and .json.
 """
 # before the metric columns; `notes` comes last
 COLUMNS = ["run", "overrides", "status", "steps", "target_steps", "wall_s", "img_per_s", "loss_d", "loss_g"]
@@ -76,6 +78,7 @@ def main(argv: list[str]) -> None:
         return
     folders: list[Path] = []
     out: Path | None = None
+    over: str | None = None
     for arg in argv:
         key, sep, value = arg.partition("=")
         if arg.startswith("-"):
@@ -84,6 +87,10 @@ def main(argv: list[str]) -> None:
             if not value:
                 raise GancliError("out= needs a folder, e.g. out=reports")
             out = Path(value).expanduser()
+        elif sep and key == "over":
+            if not re.fullmatch(r"[\w.]+", value):
+                raise GancliError(f"over={value} must name an override key, e.g. over=seed")
+            over = value
         elif sep and re.fullmatch(r"[\w.+~]+", key) and not Path(arg).exists():
             raise GancliError(f"unknown argument '{arg}'; gancli report takes folders and out=DIR "
                               "(gancli report --help)")
@@ -91,11 +98,12 @@ def main(argv: list[str]) -> None:
             folders.append(Path(arg).expanduser())
     if not folders:
         raise GancliError("no folder given; pass a run or sweep folder, e.g. gancli report outputs/multirun")
-    report(folders, out)
+    report(folders, out, over)
 
 
-def report(folders: list[Path], out: Path | None = None) -> list[dict[str, Any]]:
-    """Print the table of the runs in `folders` and write the report files into `out`; returns the rows."""
+def report(folders: list[Path], out: Path | None = None, over: str | None = None) -> list[dict[str, Any]]:
+    """Print the table of the runs in `folders` and write the report files into `out`, with means
+    over the override `over` when given; returns the rows."""
     paths = find_runs(folders)
     runs = [read_run(path) for path in paths]
     rows, columns = report_rows(runs)
@@ -105,10 +113,18 @@ def report(folders: list[Path], out: Path | None = None) -> list[dict[str, Any]]
         out = folders[0] if len(folders) == 1 else Path.cwd()
     console = table_console()
     console.print(_table(rows, columns, base, shared))
+    groups: list[dict[str, Any]] = []
+    if over is not None:
+        groups, group_columns = group_rows(runs, rows, columns, over)
+        console.print(_group_table(groups, group_columns, over, base))
     try:
         write_csv(out / "report.csv", rows, columns)
         write_json(out / "report.json", [{k: _json_value(v) for k, v in row.items()} for row in rows])
         written = ["report.csv", "report.json", *plot_runs(runs, [_label(row) for row in rows], out)]
+        if over is not None:
+            write_csv(out / f"report_over_{over}.csv", groups, group_columns)
+            write_json(out / f"report_over_{over}.json", [{k: _json_value(v) for k, v in g.items()} for g in groups])
+            written[2:2] = [f"report_over_{over}.csv", f"report_over_{over}.json"]
     except OSError as exc:
         raise GancliError(f"cannot write the report into {out} ({exc.strerror or exc}); "
                           "choose a writable folder with out=DIR") from None
@@ -334,6 +350,54 @@ def report_rows(runs: list[Run]) -> tuple[list[dict[str, Any]], list[str]]:
             "notes": "; ".join(run.notes) or None,
         })
     return rows, [*COLUMNS, *metric_columns.values(), "notes"]
+
+
+def group_rows(runs: list[Run], rows: list[dict[str, Any]], columns: list[str], over: str) -> tuple[list[dict[str, Any]], list[str]]:
+    """One row per set of runs that differ only in the override `over` (seed, say): for every
+    numeric column the mean and the standard error of the mean over those runs, and how many
+    there were. Failed and unreadable runs are left out, and counted in `left_out`."""
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    left_out: dict[tuple[str, ...], int] = {}
+    for run, row in zip(runs, rows):
+        key = tuple(o for o in (run.overrides or []) if o.partition("=")[0] != over)
+        if run.status != "completed":
+            left_out[key] = left_out.get(key, 0) + 1
+            continue
+        groups.setdefault(key, []).append(row)
+    numeric = [c for c in columns if c not in ("run", "overrides", "status", "target_steps", "notes")]
+    shared = set(shared_overrides(runs))
+    out_rows = []
+    for key, members in groups.items():
+        own = [o for o in key if o not in shared]
+        row: dict[str, Any] = {"overrides": " ".join(own) or "(defaults)", "runs": len(members),
+                               "left_out": left_out.get(key, 0)}
+        for column in numeric:
+            values = [float(m[column]) for m in members if _number(m[column]) is not None]
+            mean = sum(values) / len(values) if values else None
+            se = (math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1) / len(values))
+                  if len(values) > 1 else None)
+            row[column], row[f"{column}_se"] = mean, se
+        out_rows.append(row)
+    out_columns = ["overrides", "runs", "left_out", *(c for col in numeric for c in (col, f"{col}_se"))]
+    return out_rows, out_columns
+
+
+def _group_table(rows: list[dict[str, Any]], columns: list[str], over: str, base: Path) -> Table:
+    table = Table(title=f"gancli report: means over {over} (± standard error) in {base}")
+    numeric = [c for c in columns if c not in ("overrides", "runs", "left_out") and not c.endswith("_se")]
+    shown = [c for c in numeric if any(row[c] is not None for row in rows)]
+    table.add_column("overrides", overflow="fold")
+    table.add_column("runs", justify="right")
+    for column in shown:
+        table.add_column(_HEADERS.get(column, column), justify="right")
+    for row in rows:
+        cells = []
+        for column in shown:
+            mean, se = row[column], row[f"{column}_se"]
+            cells.append("" if mean is None else f"{mean:.4g}" + ("" if se is None else f" ± {se:.2g}"))
+        runs = str(row["runs"]) + (f" (+{row['left_out']} failed)" if row["left_out"] else "")
+        table.add_row(escape(row["overrides"]), runs, *cells)
+    return table
 
 
 def _common_parent(paths: list[Path]) -> Path:

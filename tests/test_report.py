@@ -192,3 +192,25 @@ def test_report_on_a_real_run(tiny_run, tmp_path):
     assert row["img_per_s"] == summary["img_per_s"] and row["loss_g"] == summary["loss_g"]
     assert "train.steps=6" in row["overrides"] and "hydra." not in row["overrides"]
     assert all(is_png(out / name) for name in ("loss.png", "img_per_s.png"))
+
+
+def test_over_seed_gives_means_and_standard_errors(tmp_path, capsys):
+    sweep = tmp_path / "sweep"
+    modes = {("1", "0"): 6, ("1", "1"): 8, ("1", "2"): 7, ("2", "0"): 8, ("2", "1"): 8}
+    for job, ((pack, seed), m) in enumerate(modes.items()):
+        make_run(sweep / str(job), overrides=[*SHARED, f"model.pack={pack}", f"seed={seed}"],
+                 summary=completed(metrics={"modes": m}))
+    make_run(sweep / "5", overrides=[*SHARED, "model.pack=2", "seed=2"], summary={"status": "failed", "error": "x"})
+    report.main([str(sweep), "over=seed"])
+    groups = {g["overrides"]: g for g in read_json(sweep / "report_over_seed.json")}
+    assert set(groups) == {"model.pack=1", "model.pack=2"}
+    one, two = groups["model.pack=1"], groups["model.pack=2"]
+    assert (one["runs"], one["left_out"], two["runs"], two["left_out"]) == (3, 0, 2, 1)
+    assert one["modes"] == pytest.approx(7.0) and one["modes_se"] == pytest.approx(1 / 3 ** 0.5)  # s.d. 1 over 3 runs
+    assert two["modes"] == 8 and two["modes_se"] == 0
+    out = capsys.readouterr().out
+    assert "means over seed" in out and "7 ± 0.58" in out and "(+1 failed)" in out
+    with open(sweep / "report_over_seed.csv") as f:
+        assert next(csv.reader(f))[:5] == ["overrides", "runs", "left_out", "steps", "steps_se"]
+    with pytest.raises(GancliError, match="over=a b"):
+        report.main([str(sweep), "over=a b"])
