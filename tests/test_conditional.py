@@ -134,7 +134,7 @@ def test_conditional_outputs_depend_on_the_class(cfg, shape):
                 torch.nn.init.normal_(p, 0, 0.1)
         for module in net.modules():  # per-class batch-norm scales start equal
             if hasattr(module, "takes_class"):
-                torch.nn.init.normal_(module.weight, 1, 0.5)
+                torch.nn.init.normal_(module.gain.weight, 0, 0.1)
     assert G.n_classes == 5
     z = torch.randn(1, G.z_dim).repeat(2, 1)
     c = torch.tensor([1, 3])
@@ -153,6 +153,18 @@ def test_unconditional_checkpoint_keys_are_unchanged(cfg, shape):
     assert G.n_classes == 0
     keys = [*G.state_dict(), *D.state_dict()]
     assert not any("embed" in k or "project" in k or ".bn." in k for k in keys)
+
+
+def test_conditional_batch_norm_starts_as_batch_norm_and_skips_spectral_norm():
+    from gancli.models.base import ConditionalBatchNorm
+
+    cbn = ConditionalBatchNorm(6, n_classes=4)
+    x = torch.randn(8, 6, 3, 3)
+    assert torch.allclose(cbn(x, torch.arange(8) % 4), torch.nn.functional.batch_norm(x, None, None, training=True))
+    G, _ = build_models(dcgan.Config(g_width=4, d_width=4, conditional=True, spectral_norm=SpectralNorm.both),
+                        (1, 16, 16), n_classes=4)
+    assert torch.isfinite(G(torch.randn(3, G.z_dim), torch.tensor([0, 1, 2]))).all()  # no 0/0 from zero maps
+    assert not any("parametrizations" in n for n, _ in G.named_parameters() if ".bn" in n or "gain" in n)
 
 
 def test_conditional_needs_classes_and_refuses_packing():
@@ -285,3 +297,16 @@ def test_unconditional_checkpoint_refuses_classes(tiny_run, tmp_path):
     with pytest.raises(GancliError, match="unconditional G"):
         sample(SampleApp(ckpt=str(tiny_run), n=2, classes=["1"], out=str(tmp_path / "x")))
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("overrides", [
+    ["model=resnet", "model.conditional=true", "model.g_width=4", "model.d_width=4"],
+    ["experiment=r3gan", "model.width=4", "model.width_max=8", "model.group_size=4", "data.image_size=32"],
+])
+def test_new_families_pass_start_up_checks_and_count_flops(overrides):
+    from gancli.step import step_flops
+    from gancli.train import check
+
+    cfg = compose_train("device=cpu", "train.batch_size=4", *overrides)
+    check(cfg)  # built on the meta device
+    assert step_flops(cfg, (1, cfg.data.image_size, cfg.data.image_size)) > 0

@@ -82,6 +82,9 @@ def test_every_experiment_changes_the_defaults_and_trains(name, tmp_path):
 def test_experiment_sets_groups_and_keys_and_the_command_line_wins():
     cfg = compose_train("experiment=ring")
     assert cfg.model.name == "mlp" and cfg.data.name is DataName.ring and cfg.train.batch_size == 256
+    assert cfg.loss.name.value == "rpgan" and cfg.ema.active and cfg.train.steps == 24000  # docs/mode-collapse.md
+    grid = compose_train("experiment=grid")
+    assert grid.data.name is DataName.grid and grid.loss == cfg.loss and grid.train.steps == 48000
     assert compose_train("experiment=debug", "train.steps=7").train.steps == 7
 
 

@@ -18,7 +18,8 @@ from torch.nn.utils import parametrizations
 
 from gancli.errors import GancliError
 from gancli.models import classic, dcgan, mlp, residual, resnet
-from gancli.models.base import ModelConfig, Packed, SpectralNorm, Traits, check_pack, check_shape
+from gancli.models.base import (ConditionalBatchNorm, ModelConfig, Packed, SpectralNorm, Traits, check_pack,
+                                check_shape)
 
 FAMILIES: dict[str, ModuleType] = {m.Config.name: m for m in (classic, dcgan, mlp, resnet, residual)}
 # earlier names of a family, so that checkpoints written under them still load
@@ -61,9 +62,11 @@ def build_models(cfg: Any, shape: tuple, n_classes: int = 0) -> tuple[nn.Module,
 
 def spectral_norm(net: nn.Module) -> nn.Module:
     """Divide the weight of every conv and linear layer of `net` by its largest singular value,
-    estimated by one power iteration per training forward (Miyato et al. 2018)."""
+    estimated by one power iteration per training forward (Miyato et al. 2018). Conditional batch
+    norm's maps are left alone: they start at zero, which has no direction to normalise."""
+    skip = {id(m) for cbn in net.modules() if isinstance(cbn, ConditionalBatchNorm) for m in cbn.modules()}
     for module in list(net.modules()):
-        if isinstance(module, _NORMALISED_LAYERS):
+        if isinstance(module, _NORMALISED_LAYERS) and id(module) not in skip:
             parametrizations.spectral_norm(module)  # ConvTranspose2d: along its output dim, as torch chooses
     return net
 

@@ -100,19 +100,28 @@ class Projection(nn.Module):
 
 
 class ConditionalBatchNorm(nn.Module):
-    """Batch norm whose scale and shift are learned per class (de Vries et al. 2017, as in SNGAN's
-    conditional G): (B, C, H, W) and (B,) labels -> (B, C, H, W). Scales start at 1, shifts at 0."""
+    """Batch norm whose scale and shift depend on the class (de Vries et al. 2017; as in SNGAN's
+    and BigGAN's conditional G): (B, C, H, W) and (B,) labels -> (B, C, H, W). Scale 1 + W_g e(c)
+    and shift W_b e(c) come from a learned class embedding e(c) through linear maps that start at
+    zero, so every class starts as plain batch norm. Per-class scales learned directly would each
+    move by at most about the learning rate per Adam step, too slowly for a short run; through an
+    embedding the step is shared over its dimensions."""
 
     takes_class = True  # ClassSequential hands it the labels
+    EMBED_DIM = 64
 
     def __init__(self, channels: int, n_classes: int):
         super().__init__()
         self.bn = nn.BatchNorm2d(channels, affine=False)
-        self.weight = nn.Parameter(torch.ones(n_classes, channels))
-        self.bias = nn.Parameter(torch.zeros(n_classes, channels))
+        self.embed = nn.Embedding(n_classes, self.EMBED_DIM)  # N(0, 1)
+        self.gain = nn.Linear(self.EMBED_DIM, channels, bias=False)
+        self.shift = nn.Linear(self.EMBED_DIM, channels, bias=False)
+        nn.init.zeros_(self.gain.weight)
+        nn.init.zeros_(self.shift.weight)
 
     def forward(self, x: Tensor, c: Tensor) -> Tensor:
-        return self.bn(x) * self.weight[c][:, :, None, None] + self.bias[c][:, :, None, None]
+        e = self.embed(c)  # (B, EMBED_DIM)
+        return self.bn(x) * (1 + self.gain(e))[:, :, None, None] + self.shift(e)[:, :, None, None]
 
 
 def batch_norm(channels: int, n_classes: int = 0) -> nn.Module:

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from gancli.errors import at_least
-from gancli.models.base import ClassSequential, ConditionalBatchNorm, ModelConfig, Projection, Traits, batch_norm
+from gancli.models.base import ClassSequential, ModelConfig, Projection, Traits, batch_norm
 
 
 @dataclass
@@ -41,7 +41,7 @@ def _init(module: nn.Module) -> None:
         nn.init.normal_(module.weight, 0.0, 0.02)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
-    elif isinstance(module, (nn.BatchNorm2d, ConditionalBatchNorm)) and module.weight is not None:
+    elif isinstance(module, nn.BatchNorm2d) and module.weight is not None:
         nn.init.normal_(module.weight, 1.0, 0.02)
         nn.init.zeros_(module.bias)
 
@@ -52,9 +52,13 @@ class Generator(nn.Module):
         base, ups = _layout(shape)
         self.z_dim, self.n_classes = cfg.z_dim, n_classes
         width = cfg.g_width * 2 ** (ups - 1)
-        # (B, z, 1, 1) -> (B, width, base, base); a conditional G's batch norms are per class
+        # a conditional G reads the class twice: an embedding beside z, and per-class batch norms.
+        # Through batch norm alone the class took thousands of steps to show (docs/recipes.md).
+        self.embed = nn.Embedding(n_classes, cfg.z_dim) if n_classes else None
+        n_in = cfg.z_dim * (2 if n_classes else 1)
+        # (B, z, 1, 1) -> (B, width, base, base)
         layers: list[nn.Module] = [
-            nn.ConvTranspose2d(cfg.z_dim, width, base, 1, 0, bias=False),
+            nn.ConvTranspose2d(n_in, width, base, 1, 0, bias=False),
             batch_norm(width, n_classes),
             nn.ReLU(True),
         ]
@@ -67,6 +71,8 @@ class Generator(nn.Module):
         self.apply(_init)
 
     def forward(self, z: torch.Tensor, c: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if self.embed is not None:
+            z = torch.cat([z, self.embed(c)], 1)
         return self.net(z[:, :, None, None], c)
 
 
