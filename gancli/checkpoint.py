@@ -41,11 +41,12 @@ def find(path: str | Path) -> Path:
     return path
 
 
-def load(path: str | Path) -> dict[str, Any]:
-    """Read a gancli checkpoint onto the CPU, or fail with one clear line."""
+def load(path: str | Path, mmap: bool = False) -> dict[str, Any]:
+    """Read a gancli checkpoint onto the CPU, or fail with one clear line. `mmap` maps the tensors
+    instead of reading them, for a caller that only looks at the config."""
     path = find(path)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
         if "weights_only" in str(exc) or "Unsupported global" in str(exc):
             raise GancliError(f"{path} is not a gancli checkpoint: it holds pickled Python objects") from None

@@ -13,9 +13,12 @@ import itertools
 import os
 import re
 import sys
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from gancli.errors import GancliError, user_errors
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 COMMANDS = {
     "train": ("gancli.train", "train a GAN (gancli train model=seed data=mnist device=cuda)"),
@@ -69,24 +72,103 @@ def main(argv: Optional[list[str]] = None) -> None:
         rest = module.class_args(rest)
     rest = [part for arg in rest for part in _device_index(arg)]
     torchrun = command == "train" and "RANK" in os.environ  # one of the processes torchrun started
-    if not any(arg.split("=")[0] in _NO_PREFLIGHT for arg in rest):
-        try:
+    claimed = None  # the run folder this process holds for its job
+    try:
+        _check_modes(rest)
+        if not any(arg.split("=")[0] in _NO_PREFLIGHT for arg in rest):
             checked = preflight(module, rest)
             if torchrun:
                 rest = join_process_group(rest, checked)
-        except GancliError as exc:
-            _fail(str(exc))
+            if command == "train":
+                rest, claimed = claim_run_folders(rest, checked)
+    except GancliError as exc:
+        _fail(str(exc))
     sys.argv = [f"gancli {command}", *rest]
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+    from yaml import YAMLError
+
+    # Hydra prints its own errors with a traceback; this lets them reach the one-line printer below
+    full_error = os.environ.get("HYDRA_FULL_ERROR")
+    os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         module.main()
     except KeyboardInterrupt:  # a second Ctrl-C in training, or one before the loop starts
         print("gancli: interrupted", file=sys.stderr)
         sys.exit(130)
+    except (HydraException, OmegaConfBaseException, YAMLError) as exc:  # a config Hydra could not compose
+        _fail(one_line(exc))
     finally:
+        if claimed is not None:
+            from gancli.runfolder import release
+
+            release(claimed)
+        if full_error is None:  # as it was: a caller in this process (a test) starts other processes
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = full_error
         if torchrun:
             from gancli.runtime import close_distributed
 
             close_distributed()
+
+
+# Hydra's modes, of which a command line may choose one
+_MODES = {"-m": "-m", "--multirun": "-m", "--cfg": "--cfg", "-c": "--cfg", "--info": "--info", "-i": "--info",
+          "--shell-completion": "--shell-completion", "-sc": "--shell-completion", "--run": "--run", "-r": "--run"}
+
+
+def _check_modes(args: list[str]) -> None:
+    """Hydra runs one mode at a time (a sweep, or a config printout, ...); two are a usage error."""
+    modes = sorted({_MODES[arg.split("=")[0]] for arg in args if arg.split("=")[0] in _MODES})
+    if len(modes) > 1:
+        hint = "; --cfg prints the config of one job: drop -m" if modes == ["--cfg", "-m"] else ""
+        raise GancliError(f"{' and '.join(modes)} do not go together: give one of them{hint}")
+    if "--resolve" in args and not any(arg.split("=")[0] in ("--cfg", "-c", "--help", "-h") for arg in args):
+        raise GancliError("--resolve goes with --cfg (or --help): gancli train --cfg job --resolve")
+
+
+def claim_run_folders(args: list[str], checked: list) -> tuple[list[str], Optional["Path"]]:
+    """Before Hydra writes `.hydra/` in a run folder, make sure the job may write there: claim a
+    single run's folder for this process (the caller releases it when the job ends), pinning its
+    resolved path so that Hydra uses that very folder; a sweep's folder must not already hold a
+    sweep that it would overwrite (each job claims its own folder as it starts). Returns the
+    arguments for Hydra and the claimed folder, if any."""
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_module
+
+    from gancli import runfolder, runtime, train
+
+    multirun = "-m" in args or "--multirun" in args
+    overrides = [arg for arg in args if not arg.startswith("-")]
+    if multirun:  # its first job's: compose takes no sweeps, and every job shares the sweep folder
+        overrides = _expand_sweeps(overrides)[0]
+    with initialize_config_module("gancli.configs", version_base="1.3"):
+        hydra_cfg = compose("train", overrides=overrides, return_hydra_config=True).hydra
+        folder = Path(str(hydra_cfg.sweep.dir if multirun else hydra_cfg.run.dir))
+    if multirun:
+        if any(cfg.train.resume is None for cfg in checked) and folder.is_dir() and any(
+                (job / runfolder.CHECKPOINT_DIR / "last.pt").exists() or (job / runfolder.SUMMARY).exists()
+                for job in folder.iterdir()):
+            raise GancliError(f"hydra.sweep.dir={folder} already holds a sweep's runs; choose a new hydra.sweep.dir, "
+                              "or add train.resume=auto to continue its jobs")
+        return args, None
+    if not runtime.Ranks.current().is_main:  # rank 0 alone writes the folder
+        return args, None
+    train.claim_run_dir(checked[0], folder)
+    try:
+        return _pin(args, "hydra.run.dir", str(folder)), folder
+    except GancliError:
+        runfolder.release(folder)
+        raise
+
+
+def _pin(args: list[str], key: str, value: str) -> list[str]:
+    """`args` with `key` set to exactly `value` (quoted for Hydra's parser)."""
+    if "'" in value:
+        raise GancliError(f"the folder {value} has a quote in its name; set {key} to a plainer path")
+    return [arg for arg in args if not arg.startswith(f"{key}=")] + [f"{key}='{value}'"]
 
 
 def join_process_group(args: list[str], checked: list) -> list[str]:
@@ -104,10 +186,7 @@ def join_process_group(args: list[str], checked: list) -> list[str]:
     if ranks.is_main:
         with initialize_config_module("gancli.configs", version_base="1.3"):
             run_dir = str(compose("train", overrides=args, return_hydra_config=True).hydra.run.dir)
-    run_dir = ranks.broadcast(run_dir)
-    if "'" in run_dir:
-        raise GancliError(f"the run folder {run_dir} has a quote in its name; set hydra.run.dir to a plainer path")
-    args = [arg for arg in args if not arg.startswith("hydra.run.dir=")] + [f"hydra.run.dir='{run_dir}'"]
+    args = _pin(args, "hydra.run.dir", ranks.broadcast(run_dir))
     if not ranks.is_main:
         args += ["hydra.output_subdir=null", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
     return args

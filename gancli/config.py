@@ -8,6 +8,7 @@ start-up, by `to_typed`.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Optional
@@ -89,6 +90,11 @@ class CompileMode(Enum):
     max_autotune = "max-autotune"
 
 
+class NanPolicy(Enum):
+    stop = "stop"  # one line, a non-zero exit, the last good checkpoint kept
+    rollback = "rollback"  # reload the last good checkpoint and go on with fresh noise
+
+
 class LoggerName(Enum):
     none = "none"
     tensorboard = "tensorboard"  # event files in the run folder (extra: gancli[tensorboard])
@@ -117,6 +123,8 @@ class DataConfig:
         at_least(self, "data", 1, "n")
         require(self.std > 0, "data.std", self.std, "a number > 0")
         require(self.radius > 0, "data.radius", self.radius, "a number > 0")
+        if self.path is not None and not self.path.strip():
+            raise GancliError("data.path is empty; give the folder of images, data.path=<folder>")
 
 
 @dataclass
@@ -255,10 +263,16 @@ class LoopConfig:
     ckpt_every: int = 500  # steps between kept checkpoints; 0 = only last.pt
     sample_n: int = 64  # images in each sample grid (2-D data plots 2,000 points)
     resume: Optional[str] = None  # auto | a checkpoint file | a run folder
+    nan_policy: NanPolicy = NanPolicy.stop  # what a diverged run does: stop | rollback
+    max_rollbacks: int = 3  # rollback: give up (as stop) after this many
+    divergence_limit: float = 1e6  # a logged loss or D output beyond +-this counts as diverged, as NaN does; 0 = NaN and inf only
 
     def __post_init__(self) -> None:
-        at_least(self, "train", 1, "steps", "batch_size", "d_steps", "log_every", "sample_n")
+        at_least(self, "train", 1, "steps", "batch_size", "d_steps", "log_every", "sample_n", "max_rollbacks")
         at_least(self, "train", 0, "sample_every", "ckpt_every", off=True)
+        require(self.divergence_limit >= 0, "train.divergence_limit", self.divergence_limit,
+                "a number >= 0 (0 counts only NaN and inf as diverged)")
+        require(self.resume != "", "train.resume", "''", "auto, a checkpoint file or a run folder (or leave it out)")
 
 
 @dataclass
@@ -379,7 +393,19 @@ def register() -> None:
 
 def to_typed(cfg: DictConfig) -> Any:
     """Turn a composed config into its dataclasses, running every range check once."""
-    return OmegaConf.to_object(cfg)
+    typed = OmegaConf.to_object(cfg)
+    _check_finite(typed)
+    return typed
+
+
+def _check_finite(obj: Any, prefix: str = "") -> None:
+    """No number in a config is NaN or infinite, whatever its own range check says."""
+    for f in dataclasses.fields(obj):
+        value, key = getattr(obj, f.name), f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            _check_finite(value, f"{key}.")
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise GancliError(f"{key}={value} is not allowed: a finite number")
 
 
 def to_plain(cfg: Any) -> dict:

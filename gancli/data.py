@@ -9,11 +9,12 @@ from __future__ import annotations
 import contextlib
 import gzip
 import io
+import logging
 import math
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 import torch
@@ -21,6 +22,11 @@ import torch.nn.functional as F
 
 from gancli.config import DataConfig, DataName, Split
 from gancli.errors import GancliError
+
+if TYPE_CHECKING:
+    import PIL.Image
+
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
@@ -85,12 +91,21 @@ def to_model(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+_CHANNELS = {DataName.digits: 1, DataName.mnist: 1, DataName.fashion_mnist: 1, DataName.cifar10: 3,
+             DataName.stacked_mnist: 3}  # fixed by the data set
+
+
+def check(cfg: DataConfig) -> None:
+    """What can be checked without reading the data: channels a data set fixes, a folder that exists."""
+    if cfg.name in _CHANNELS and cfg.channels != _CHANNELS[cfg.name]:
+        raise GancliError(f"data={cfg.name.value} has {_CHANNELS[cfg.name]} channel(s); remove data.channels={cfg.channels}")
+    if cfg.name is DataName.folder:
+        _folder_path(cfg)
+
+
 def load_data(cfg: DataConfig, seed: int) -> Data:
     """Load (or, for mixtures, draw) the whole data set named by the config."""
-    expected_channels = {DataName.digits: 1, DataName.mnist: 1, DataName.fashion_mnist: 1, DataName.cifar10: 3,
-                         DataName.stacked_mnist: 3}
-    if cfg.name in expected_channels and cfg.channels != expected_channels[cfg.name]:
-        raise GancliError(f"data={cfg.name.value} has {expected_channels[cfg.name]} channel(s); remove data.channels={cfg.channels}")
+    check(cfg)
     loaders = {
         DataName.digits: _digits,
         DataName.mnist: _mnist,
@@ -132,12 +147,24 @@ def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def _digits(cfg: DataConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    from sklearn.datasets import load_digits
+    """scikit-learn's 1,797 8x8 digits, read from the file it ships (digits.csv.gz: 64 pixels in
+    0..16, then the label, per line) without importing scikit-learn, which takes over a second."""
+    import importlib.util
 
-    bunch = load_digits()
+    spec = importlib.util.find_spec("sklearn")
+    path = Path(next(iter(spec.submodule_search_locations or [""]), "")) / "datasets" / "data" / "digits.csv.gz" \
+        if spec is not None else None
+    if path is not None and path.is_file():
+        table = np.loadtxt(path, delimiter=",", dtype=np.int64)  # (1797, 65)
+        pixels, target = table[:, :-1].reshape(-1, 8, 8), table[:, -1]
+    else:  # laid out otherwise in some release: ask scikit-learn itself
+        from sklearn.datasets import load_digits
+
+        bunch = load_digits()
+        pixels, target = bunch.images, bunch.target
     # (1797, 8, 8) in 0..16 -> uint8 (N, 1, 8, 8) in 0..255
-    images = torch.from_numpy(bunch.images).float().mul_(255.0 / 16.0).round_().to(torch.uint8)
-    return images[:, None], torch.from_numpy(bunch.target).long()
+    images = torch.from_numpy(pixels.astype(np.float64)).float().mul_(255.0 / 16.0).round_().to(torch.uint8)
+    return images[:, None], torch.from_numpy(target.astype(np.int64)).long()
 
 
 # ---- MNIST and Fashion-MNIST: IDX files, gzipped or not ----
@@ -247,37 +274,86 @@ def _is_image(path: Path) -> bool:
 
 def _folder_classes(folder: Path) -> Optional[list[str]]:
     """The subfolder names, when every image of `folder` lies in one of its subfolders (one per
-    class); else None."""
-    if any(_is_image(p) for p in folder.iterdir()):
+    class); else None. Hidden files and folders (.DS_Store, .git) are not the user's data."""
+    entries = [p for p in folder.iterdir() if not p.name.startswith(".")]
+    if any(_is_image(p) for p in entries):
         return None
-    names = sorted(d.name for d in folder.iterdir() if d.is_dir() and any(_is_image(p) for p in d.rglob("*")))
+    names = sorted(d.name for d in entries if d.is_dir() and any(
+        _is_image(p) and not any(part.startswith(".") for part in p.relative_to(d).parts) for p in d.rglob("*")))
     return names or None
 
 
+MIN_SIDE = 8  # pixels: a smaller image (a 1x1 placeholder, an icon) is not training data
+
+
+class _Unusable(Exception):
+    """A file of a folder data set that cannot be used; the message says why, in a few words."""
+
+
 def _folder(cfg: DataConfig) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-    from PIL import Image, UnidentifiedImageError
+    """Every usable image below data.path, as uint8 (N, C, S, S), and its class subfolder's label
+    where each image lies in one. Files that are not usable images are skipped and counted in
+    one warning line; a folder with none left is an error."""
     from torchvision.transforms.functional import center_crop, pil_to_tensor, resize
 
     folder = _folder_path(cfg)
-    files = sorted(p for p in folder.rglob("*") if _is_image(p))
-    if not files:
-        raise GancliError(f"data.path={cfg.path} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    paths = sorted(p for p in folder.rglob("*") if p.is_file() and not any(
+        part.startswith(".") for part in p.relative_to(folder).parts))  # .DS_Store, .git: not the user's data
     classes = _folder_classes(folder)
     mode = "L" if cfg.channels == 1 else "RGB"
-    images = []
-    for path in files:
+    images, kept, skipped = [], [], {}
+    for path in paths:
         try:
-            with Image.open(path) as img:
-                img = img.convert(mode)
-        except (UnidentifiedImageError, OSError) as exc:
-            raise GancliError(f"cannot read image {path}: {exc}") from None
+            if path.suffix.lower() not in IMAGE_SUFFIXES:
+                raise _Unusable("not an image file")
+            img = _read_image(path, mode)
+        except _Unusable as exc:
+            skipped.setdefault(str(exc), []).append(path)
+            continue
         img = center_crop(resize(img, cfg.image_size, antialias=True), [cfg.image_size, cfg.image_size])
         images.append(pil_to_tensor(img))  # uint8 (C, S, S)
+        kept.append(path)
+    if skipped:
+        n_skipped = sum(len(v) for v in skipped.values())
+        reasons = "; ".join(f"{len(v)} {why} (e.g. {v[0].relative_to(folder)})" for why, v in skipped.items())
+        if not images:
+            raise GancliError(f"data.path={cfg.path} holds no usable image: {reasons}")
+        log.warning("data.path=%s: skipped %d of %d files: %s", cfg.path, n_skipped, len(paths), reasons)
+    if not images:
+        raise GancliError(f"data.path={cfg.path} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
     if classes is None:
         return torch.stack(images), None
     index = {name: i for i, name in enumerate(classes)}
-    labels = torch.tensor([index[p.relative_to(folder).parts[0]] for p in files])  # the class subfolder
+    labels = torch.tensor([index[p.relative_to(folder).parts[0]] for p in kept])  # the class subfolder
     return torch.stack(images), labels
+
+
+def _read_image(path: Path, mode: str) -> "PIL.Image.Image":
+    """The image at `path` in `mode` ("L" or "RGB"), decoded in full, or _Unusable. 16-bit grey
+    keeps its top 8 bits (a plain conversion clips it to near-white); transparent pixels become
+    black, whatever colour the file stores under them."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            img.load()  # decode now: a truncated file fails here, not half-way through training
+            if min(img.size) < MIN_SIDE:
+                raise _Unusable(f"smaller than {MIN_SIDE}x{MIN_SIDE} pixels")
+            if img.mode.startswith("I;16") or img.mode == "I":  # 16-bit grey (PNG, TIFF)
+                grey = np.asarray(img).astype(np.float64) / 257.0  # 0..65535 -> 0..255
+                img = Image.fromarray(grey.round().clip(0, 255).astype(np.uint8), "L")
+            elif img.mode == "F":
+                raise _Unusable("floating-point images (mode F)")
+            if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+                rgba = img.convert("RGBA")
+                img = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba)
+            return img.convert(mode)
+    except _Unusable:
+        raise
+    except Image.DecompressionBombError:
+        raise _Unusable("too large to decode safely") from None
+    except Exception:  # noqa: BLE001 (Pillow raises OSError, ValueError, SyntaxError, ... for broken files)
+        raise _Unusable("unreadable or truncated") from None
 
 
 def _check_batch(batch_size: int, world_size: int, n: int) -> None:

@@ -10,6 +10,10 @@ class GancliError(Exception):
     """A problem the user can fix: the message names it and says how."""
 
 
+class Diverged(GancliError):
+    """Training diverged (NaN, inf, or losses beyond the run's limit) and was stopped."""
+
+
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
     """Turn a GancliError into one line on stderr and exit status 2."""

@@ -22,7 +22,7 @@ from gancli.images import save_scatter
 from gancli.inception import find_weights, inception_metrics
 from gancli.metrics import (class_metrics, density_coverage, frechet_distance, mixture_metrics, per_class_fd,
                             precision_recall, stacked_metrics)
-from gancli.sample import even_labels, generate_batches, load_generator
+from gancli.sample import check_out_folder, even_labels, generate_batches, load_generator
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,7 @@ def check(cfg: EvalApp) -> None:
     """Start-up checks that read nothing: the device, the checkpoint and any weights file must exist."""
     runtime.resolve_device(cfg.device)
     checkpoint.find(cfg.ckpt)
+    check_out_folder(cfg.out)
     find_weights(cfg.inception_weights)
 
 

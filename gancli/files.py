@@ -1,4 +1,5 @@
-"""Atomic file writes: a reader sees the old file or the new one, never half of one."""
+"""Atomic file writes: a reader sees the old file or the new one, never half of one; a write
+that fails (a full disk, a read-only folder) is one line that names the file."""
 
 from __future__ import annotations
 
@@ -6,20 +7,46 @@ import contextlib
 import csv
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any, Iterator
+
+from gancli.errors import GancliError
+
+TMP_SUFFIX = ".tmp"  # `.<name>.tmp` beside the file it will replace
+
+
+def write_error(path: Path, exc: OSError) -> GancliError:
+    """The one line for a file that could not be written."""
+    reason = exc.strerror or type(exc).__name__
+    return GancliError(f"cannot write {path} ({reason}); free space there or make the folder writable, "
+                       "then run again (files already written are intact)")
 
 
 @contextlib.contextmanager
 def atomic(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it over `path` if the block succeeds."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}{TMP_SUFFIX}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         yield tmp
         os.replace(tmp, path)
+    except OSError as exc:
+        raise write_error(path, exc) from None
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+
+
+def keep_copy(source: Path, path: Path) -> None:
+    """`path` becomes a copy of `source`, atomically: a hard link where the file system has them
+    (no second write of the bytes), else a real copy."""
+    with atomic(path) as tmp:
+        tmp.unlink(missing_ok=True)  # os.link will not replace a file
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
 
 
 def write_json(path: Path, obj: Any) -> None:

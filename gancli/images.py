@@ -9,7 +9,8 @@ from typing import Optional
 import torch
 from torchvision.utils import make_grid, save_image
 
-from gancli.files import atomic
+from gancli.files import atomic, write_error
+
 
 def save_grid(images: torch.Tensor, path: Path, nrow: Optional[int] = None) -> None:
     """float (N, C, H, W) in [-1, 1] -> one PNG grid, about square."""
@@ -21,9 +22,13 @@ def save_grid(images: torch.Tensor, path: Path, nrow: Optional[int] = None) -> N
 
 def save_singles(images: torch.Tensor, folder: Path, start: int = 0) -> None:
     """float (N, C, H, W) in [-1, 1] -> 000000.png, 000001.png, ... from `start`."""
-    folder.mkdir(parents=True, exist_ok=True)
     for i, image in enumerate(images.detach().float().cpu()):
-        save_image(image, folder / f"{start + i:06d}.png", normalize=True, value_range=(-1, 1))
+        path = folder / f"{start + i:06d}.png"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            save_image(image, path, normalize=True, value_range=(-1, 1))
+        except OSError as exc:
+            raise write_error(path, exc) from None
 
 
 def save_scatter(points: torch.Tensor, path: Path, real: Optional[torch.Tensor] = None, title: str = "") -> None:

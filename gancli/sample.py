@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 from gancli import checkpoint, runtime
 from gancli.config import SampleApp, to_typed, train_config_from_plain
 from gancli.errors import GancliError, user_errors
+from gancli.files import write_text
 from gancli.images import save_grid, save_scatter, save_singles
 from gancli.models import build_models, latents
 
@@ -32,9 +33,17 @@ def main(cfg: DictConfig) -> None:
 
 
 def check(cfg: SampleApp) -> None:
-    """Start-up checks that read nothing: the device and the checkpoint must exist."""
+    """Start-up checks that read nothing: the device and the checkpoint must exist, and `out`
+    must be a folder or not exist yet."""
     runtime.resolve_device(cfg.device)
     checkpoint.find(cfg.ckpt)
+    check_out_folder(cfg.out)
+
+
+def check_out_folder(out: Optional[str]) -> None:
+    """`out=` names a folder (made if missing), not a file."""
+    if out is not None and Path(out).expanduser().exists() and not Path(out).expanduser().is_dir():
+        raise GancliError(f"out={out} is a file; give a folder (it is made if missing), or leave out= out")
 
 
 def class_args(args: list[str]) -> list[str]:
@@ -124,7 +133,8 @@ def sample(cfg: SampleApp) -> Path:
     for start, x in generate_batches(G, cfg.n, device, gen, cfg.batch_size, labels):
         if is_image:
             save_singles(x, out, start)
-            shown.append(x[: max(0, GRID_MAX - start)])
+            if start < GRID_MAX:  # a copy: a view would keep the whole batch alive
+                shown.append(x[: GRID_MAX - start].clone())
         else:
             shown.append(x)
     shown = torch.cat(shown)
@@ -132,7 +142,7 @@ def sample(cfg: SampleApp) -> Path:
         save_grid(shown, out / "grid.png", nrow=nrow)
     else:
         save_scatter(shown, out / "grid.png", title=f"{cfg.n} samples")
-        (out / "points.csv").write_text("x,y\n" + "".join(f"{a:.6f},{b:.6f}\n" for a, b in shown.tolist()))
+        write_text(out / "points.csv", "x,y\n" + "".join(f"{a:.6f},{b:.6f}\n" for a, b in shown.tolist()))
 
     if cfg.interpolate:
         if not is_image:
@@ -148,7 +158,7 @@ def sample(cfg: SampleApp) -> Path:
                 strip = G(z, c).float().cpu()
             save_grid(strip, out / "interpolation.png", nrow=INTERP_STEPS)
     if chosen is not None:
-        (out / "classes.csv").write_text("index,class\n" + "".join(
+        write_text(out / "classes.csv", "index,class\n" + "".join(
             f"{i:06d},{names[k] if k < len(names) else k}\n" for i, k in enumerate(labels.tolist())))
     log.info("wrote %d samples of %s from %s (step %d) to %s", cfg.n, state["generator"], path, state["step"], out)
     return out

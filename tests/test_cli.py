@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY, is_png, read_json, run_gancli
+from conftest import TIMEOUT, TINY, Running, child_env, is_png, read_json, run_gancli
 
 
 def test_train_writes_a_complete_run_folder(tiny_run):
@@ -165,6 +165,78 @@ def test_bad_input_is_one_clean_line_in_process(tmp_path, monkeypatch, capsys, a
     assert not (tmp_path / "outputs").exists()
 
 
+def _usage_cases(tmp_path: Path) -> list[tuple[list[str], str]]:
+    bad_yaml = tmp_path / "configs" / "bad.yaml"
+    bad_yaml.parent.mkdir(exist_ok=True)
+    bad_yaml.write_text("defaults:\n  - train\nfoo: [1, 2\n")
+    return [
+        (["train", "-m", "seed=1,2", "--cfg", "hydra"], "--cfg and -m do not go together"),
+        (["train", "--info", "--cfg", "job"], "--cfg and --info do not go together"),
+        (["train", "--resolve"], "--resolve goes with --cfg"),
+        (["train", "--config-dir", str(tmp_path / "configs"), "--config-name", "bad"], "bad.yaml"),
+        (["train", "--config-dir", str(tmp_path / "absent")], "absent"),
+        (["sample", "ckpt=run", "out=afile"], "out=afile is a file"),
+        (["eval", "ckpt=run", "out=afile"], "out=afile is a file"),
+    ]
+
+
+def test_hydra_usage_errors_are_one_line(tiny_run, tmp_path, monkeypatch, capsys):
+    """Hydra's own errors (modes that exclude each other, YAML it cannot parse) print a traceback
+    unless gancli catches them; each is one line and exit status 2."""
+    from gancli import cli
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "run").symlink_to(tiny_run)
+    (tmp_path / "afile").write_text("a file, not a folder")
+    for args, expected in _usage_cases(tmp_path):
+        with pytest.raises(SystemExit) as info:
+            cli.main(args)
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert info.value.code == 2 and len(lines) == 1 and expected in lines[0], (args, lines)
+    assert (tmp_path / "afile").read_text() == "a file, not a folder"
+
+
+def test_sample_and_eval_help_list_only_their_own_options(tmp_path, capsys):
+    from gancli import cli
+
+    for command, key in (("sample", "interpolate"), ("eval", "inception_weights")):
+        with pytest.raises(SystemExit):
+            cli.main([command, "--help"])
+        out = capsys.readouterr().out
+        assert f"gancli {command}:" in out and f"{key}:" in out and "device: auto, cpu, cuda, mps" in out
+        assert "model:" not in out and "optimizer" not in out and "== Configuration groups ==" not in out
+
+
+def test_sample_keeps_only_the_grid_s_images_in_memory(tiny_run, tmp_path, monkeypatch):
+    """n samples are written in batches; only the first GRID_MAX are kept for grid.png, as copies,
+    so no batch stays alive because a view of it was kept."""
+    import gc
+    import weakref
+
+    from gancli import sample as sample_module
+    from gancli.config import SampleApp
+
+    batches, alive = [], []
+    real_batches, real_grid = sample_module.generate_batches, sample_module.save_grid
+
+    def generate_batches(*args, **kwargs):
+        for start, x in real_batches(*args, **kwargs):
+            batches.append(weakref.ref(x))
+            yield start, x
+
+    def save_grid(images, path, nrow=None):
+        gc.collect()
+        alive.append(sum(ref() is not None for ref in batches))
+        real_grid(images, path, nrow)
+
+    monkeypatch.setattr(sample_module, "generate_batches", generate_batches)
+    monkeypatch.setattr(sample_module, "save_grid", save_grid)
+    monkeypatch.setattr(sample_module, "GRID_MAX", 20)
+    sample_module.sample(SampleApp(ckpt=str(tiny_run), n=96, batch_size=16, out=str(tmp_path / "out")))
+    assert len(batches) == 6 and alive == [1]  # the loop's last batch, and no other
+    assert len(list((tmp_path / "out").glob("0*.png"))) == 96
+
+
 def test_corrupt_and_foreign_checkpoints(tiny_run, tmp_path):
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes((tiny_run / "checkpoints" / "last.pt").read_bytes()[:1000])
@@ -184,7 +256,8 @@ def test_installed_console_script(tmp_path):
     script = Path(sys.executable).with_name("gancli")
     if not script.exists():
         pytest.skip("gancli is not installed as a console script in this environment")
-    proc = subprocess.run([str(script), "--help"], capture_output=True, text=True, cwd=tmp_path)
+    proc = subprocess.run([str(script), "--help"], capture_output=True, text=True, cwd=tmp_path, env=child_env(),
+                          timeout=TIMEOUT)
     assert proc.returncode == 0 and "train" in proc.stdout and "sample" in proc.stdout
 
 
@@ -198,19 +271,14 @@ def test_train_help_lists_the_groups_and_only_real_options(tmp_path):
 
 @pytest.mark.parametrize("signum,exit_code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_ctrl_c_or_sigterm_saves_a_checkpoint_and_the_run_resumes(tmp_path, signum, exit_code):
-    import os
-
     run = tmp_path / "run"
-    args = [sys.executable, "-m", "gancli", "train", *[a for a in TINY if not a.startswith(("train.steps", "train.log"))],
-            "train.steps=100000", "train.log_every=1", f"hydra.run.dir={run}"]
-    proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    for line in proc.stdout:  # wait until training is under way
-        if "step 3/" in line:
-            break
-    proc.send_signal(signum)
-    output = proc.communicate(timeout=120)[0]
-    assert proc.returncode == exit_code, output
+    args = [*[a for a in TINY if not a.startswith(("train.steps", "train.log"))], "train.steps=100000",
+            "train.log_every=1", f"hydra.run.dir={run}"]
+    with Running("train", *args, cwd=tmp_path) as child:
+        child.wait_for("step 3/")  # training is under way
+        child.proc.send_signal(signum)
+        assert child.finish() == exit_code, child.output
+        output = child.output
     summary = read_json(run / "summary.json")
     assert summary["status"] == "interrupted" and summary["steps"] >= 3
     assert summary["stopped_by"] == signal.Signals(signum).name

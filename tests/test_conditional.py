@@ -262,7 +262,6 @@ def test_conditional_training_saves_class_names_and_scores_asked_classes(conditi
 
 def test_sample_class_writes_that_class(conditional_run, tmp_path):
     from gancli.config import SampleApp
-    from gancli.images import save_grid
     from gancli.sample import sample
 
     run, _ = conditional_run
@@ -279,7 +278,6 @@ def test_sample_class_writes_that_class(conditional_run, tmp_path):
 
 
 def test_same_noise_other_class_gives_other_images(conditional_run, tmp_path):
-    from gancli.config import SampleApp
     from gancli.sample import load_generator
 
     run, _ = conditional_run

@@ -1,3 +1,6 @@
+import dataclasses
+import enum
+import typing
 from pathlib import Path
 
 import pytest
@@ -37,6 +40,7 @@ def test_top_level_keys_are_frozen():
     ]
     assert list(cfg["train"]) == [
         "steps", "batch_size", "d_steps", "log_every", "sample_every", "ckpt_every", "sample_n", "resume",
+        "nan_policy", "max_rollbacks", "divergence_limit",
     ]
 
 
@@ -165,3 +169,102 @@ def test_the_classic_model_brings_its_r1_penalty():
     assert compose_train("model=classic", "loss.r1_gamma=0").loss.r1_gamma == 0
     assert compose_train("model=dcgan").loss.r1_gamma == 0
     assert compose_train("experiment=mnist_classic").loss.r1_gamma == 10
+
+
+# ---- hostile values: every key of every schema, each with values of the wrong type or range ----
+
+# a negative seed is still a seed: torch and Python's random take any integer
+NEGATIVE_ALLOWED = {"seed"}
+
+
+def _leaves(schema: type, prefix: str = "") -> list[tuple[str, object]]:
+    """(dotted key, type) of every leaf field of a config dataclass, Optional unwrapped."""
+    hints = typing.get_type_hints(schema)
+    out = []
+    for f in dataclasses.fields(schema):
+        kind = hints[f.name]
+        args = [a for a in typing.get_args(kind) if a is not type(None)]
+        if typing.get_origin(kind) is typing.Union and len(args) == 1:
+            kind = args[0]
+        if dataclasses.is_dataclass(kind):
+            out += _leaves(kind, f"{prefix}{f.name}.")
+        elif kind is not typing.Any:  # the model slot: each family's schema is walked on its own
+            out.append((f"{prefix}{f.name}", kind))
+    return out
+
+
+def _hostile(kind: object) -> list[str]:
+    if kind is bool:
+        return ["maybe"]
+    if kind is int:
+        return ["abc", "1.5", "-1"]
+    if kind is float:
+        return ["abc", "-1", "nan", "inf"]
+    if isinstance(kind, type) and issubclass(kind, enum.Enum):
+        return ["no_such_option"]
+    if typing.get_origin(kind) is list and isinstance(typing.get_args(kind)[0], type) and issubclass(
+            typing.get_args(kind)[0], enum.Enum):
+        return ["[no_such_option]"]
+    return []  # free text (paths, names): checked where it is used, e.g. test_bad_input_is_one_clean_line
+
+
+SCHEMAS = [("train", config.TrainApp, "", {"model": config.MODEL_SCHEMAS["dcgan"]}),
+           ("sample", config.SampleApp, "", {"ckpt": "run"}), ("eval", config.EvalApp, "", {"ckpt": "run"})]
+SCHEMAS += [(f"model={name}", schema, "model.", {}) for name, schema in config.MODEL_SCHEMAS.items()]
+SCHEMAS += [("bench", config.BenchConfig, "bench.", {})]
+
+
+@pytest.mark.parametrize("name, schema, prefix, given", SCHEMAS, ids=[s[0] for s in SCHEMAS])
+def test_every_key_refuses_values_of_the_wrong_type_or_range_in_one_line(name, schema, prefix, given):
+    """Each value goes through what a command line's value goes through once Hydra has parsed it:
+    the typed schema (OmegaConf's type checks) and the range checks of `to_typed`, then the one
+    line `gancli` prints. Hydra's own composition of the same values: test_bad_input_is_one_clean_line."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    accepted, unclear = [], []
+    for key, kind in _leaves(schema):
+        if key == "name" and prefix == "model.":
+            continue  # the family's name is chosen by the model group
+        for value in _hostile(kind):
+            shown = f"{prefix}{key}={value}"
+            try:
+                base = OmegaConf.merge(OmegaConf.structured(schema), {k: OmegaConf.structured(v) if isinstance(v, type)
+                                                                       else v for k, v in given.items()})
+                to_typed(OmegaConf.merge(base, OmegaConf.from_dotlist([f"{key}={value}"])))
+            except GancliError as exc:
+                line = str(exc)
+            except OmegaConfBaseException as exc:
+                line = cli.one_line(exc)
+            else:
+                if not (value == "-1" and key in NEGATIVE_ALLOWED):
+                    accepted.append(shown)
+                continue
+            if "\n" in line or key.rpartition(".")[2] not in line:
+                unclear.append(f"{shown}: {line}")
+    assert not accepted, f"accepted: {accepted}"
+    assert not unclear, "not one line naming the key:\n" + "\n".join(unclear)
+
+
+HOSTILE_COMBINATIONS = [
+    (["precision=fp16", "device=cpu"], "precision=fp16 needs a CUDA or MPS device"),
+    (["model.conditional=true", "model.pack=2"], "model.pack"),
+    (["model.conditional=true", "data=fake"], "model.conditional=true needs a data set with classes"),
+    (["augment=diffaug", "data=ring", "model=mlp"], "augment=diffaug transforms images"),
+    (["model.pack=3"], "model.pack=3"),
+    (["eval.every=10", "data=fake"], "eval.every needs a labelled data set"),
+    (["data=folder"], "data=folder needs data.path"),
+    (["data=cifar10", "data.channels=1"], "data=cifar10 has 3 channel(s)"),
+    (["train.batch_size=4096", "data=digits"], None),  # found when the data is loaded: test_batch_larger_than_data
+    (["model=classic", "data=ring"], "classic"),
+    (["train.resume=/no/such/run"], "no checkpoint at /no/such/run"),
+    (["logger=tensorboard", "precision=tf32", "device=cpu"], "precision=tf32 needs a CUDA GPU"),
+]
+
+
+@pytest.mark.parametrize("overrides, expected", [c for c in HOSTILE_COMBINATIONS if c[1]],
+                         ids=lambda v: " ".join(v) if isinstance(v, list) else None)
+def test_hostile_combinations_fail_at_start_up_in_one_line(overrides, expected):
+    with pytest.raises(GancliError) as info:
+        cli.preflight(train, ["device=cpu", *overrides] if "device=cpu" not in overrides else overrides)
+    assert expected in str(info.value) and "\n" not in str(info.value)

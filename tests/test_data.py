@@ -104,6 +104,50 @@ def test_folder_errors(tmp_path):
         load_data(DataConfig(name=DataName.folder, path=str(tmp_path)), seed=0)
 
 
+def test_folder_skips_unusable_files_in_one_line_and_converts_odd_formats(tmp_path, caplog):
+    grey = np.full((32, 32), 100, np.uint8)
+    Image.fromarray(grey).save(tmp_path / "a_good.png")
+    Image.fromarray((grey.astype(np.uint16) * 257)).save(tmp_path / "b_16bit.png")  # 16-bit grey, value 100
+    palette = Image.new("P", (32, 32), 1)
+    palette.putpalette([0, 0, 0, 100, 100, 100] + [0] * 762)
+    palette.save(tmp_path / "c_palette.png")
+    Image.new("RGBA", (32, 32), (255, 255, 255, 0)).save(tmp_path / "d_transparent.png")  # white, see-through
+    Image.new("L", (1, 1), 100).save(tmp_path / "e_1x1.png")
+    good = (tmp_path / "a_good.png").read_bytes()
+    (tmp_path / "f_truncated.png").write_bytes(good[: len(good) // 2])
+    (tmp_path / "g_corrupt.jpg").write_bytes(b"\xff\xd8\xff" + bytes(range(256)) * 4)
+    (tmp_path / "h_notes.txt").write_text("not an image")
+    (tmp_path / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")  # hidden: not the user's data, not counted
+    with caplog.at_level("WARNING", logger="gancli.data"):
+        data = load_data(DataConfig(name=DataName.folder, path=str(tmp_path), image_size=16), seed=0)
+    assert data.x.shape == (4, 1, 16, 16)
+    means = data.x.float().mean(dim=(1, 2, 3)).tolist()
+    assert means[:3] == pytest.approx([100, 100, 100], abs=1)  # 16-bit kept its value, not clipped to white
+    assert means[3] == 0  # transparent pixels are black, whatever colour lies under them
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert "skipped 4 of 8 files" in line and "1 smaller than 8x8 pixels (e.g. e_1x1.png)" in line
+    assert "2 unreadable or truncated" in line and "1 not an image file (e.g. h_notes.txt)" in line
+    for name in ("a_good.png", "b_16bit.png", "c_palette.png", "d_transparent.png"):
+        (tmp_path / name).unlink()
+    with pytest.raises(GancliError, match="holds no usable image: 1 smaller than 8x8") as info:
+        load_data(DataConfig(name=DataName.folder, path=str(tmp_path), image_size=16), seed=0)
+    assert "\n" not in str(info.value)
+
+
+def test_an_empty_data_path_is_refused():
+    with pytest.raises(GancliError, match="data.path is empty"):
+        DataConfig(name=DataName.folder, path="")
+
+
+def test_digits_read_without_scikit_learn_match_its_loader():
+    from sklearn.datasets import load_digits
+
+    data = load_data(DataConfig(image_size=8), seed=0)
+    bunch = load_digits()
+    assert torch.equal(data.labels, torch.from_numpy(bunch.target).long())
+    assert torch.equal(data.x[:, 0], torch.from_numpy(bunch.images).float().mul(255 / 16).round().to(torch.uint8))
+
+
 def test_batches_cover_each_epoch_once_and_depend_only_on_the_index():
     from gancli.data import Data
 

@@ -1,11 +1,12 @@
 """A non-editable install finds its configs from any directory."""
 
 import importlib.util
-import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+from conftest import TIMEOUT, child_env
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -19,10 +20,12 @@ def test_installed_package_ships_its_configs(tmp_path):
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, source / name)
     target = tmp_path / "site"
-    isolation = [] if importlib.util.find_spec("setuptools") is None else ["--no-build-isolation"]
+    # with setuptools here, pip needs no index at all; without it, pip fetches it to build
+    offline = [] if importlib.util.find_spec("setuptools") is None else ["--no-build-isolation", "--no-index"]
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", *isolation, "--target", str(target), str(source)],
-        check=True, capture_output=True, text=True,
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", *offline, "--target", str(target), str(source)],
+        check=True, capture_output=True, text=True, timeout=TIMEOUT,
+        env=child_env({"PIP_DISABLE_PIP_VERSION_CHECK": "1"}),
     )
     def yaml_files(root: Path) -> list[Path]:
         return sorted(p.relative_to(root) for p in root.rglob("*.yaml"))
@@ -33,14 +36,14 @@ def test_installed_package_ships_its_configs(tmp_path):
 
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    env = {**os.environ, "PYTHONPATH": str(target)}  # the installed copy, not the source tree
+    env = child_env({"PYTHONPATH": str(target)})  # the installed copy, not the source tree
     where = subprocess.run([sys.executable, "-c", "import gancli; print(gancli.__file__)"], cwd=elsewhere, env=env,
-                           capture_output=True, text=True, check=True)
+                           capture_output=True, text=True, check=True, timeout=TIMEOUT)
     assert where.stdout.strip().startswith(str(target))
     proc = subprocess.run(
         [sys.executable, "-m", "gancli", "train", "experiment=debug", "model=mlp", "model.width=16", "train.steps=2",
          "device=cpu", "hydra.run.dir=run"],
-        cwd=elsewhere, env=env, capture_output=True, text=True,
+        cwd=elsewhere, env=env, capture_output=True, text=True, timeout=TIMEOUT,
     )
     assert proc.returncode == 0, proc.stderr
     assert (elsewhere / "run" / "summary.json").is_file()

@@ -2,7 +2,6 @@
 capture's fallback, and exact resume with all of their state."""
 
 import contextlib
-import math
 
 import pytest
 import torch

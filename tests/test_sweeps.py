@@ -128,3 +128,33 @@ def test_search_intervals_are_checked_at_both_ends_before_any_trial():
     assert len(preflight(gancli.train, [*search, "optimizer.lr=tag(log, interval(1e-5, 1e-3))"])) == 4
     with pytest.raises(GancliError, match=r"optimizer.lr=-1.0 is not allowed"):
         preflight(gancli.train, [*search, "optimizer.lr=interval(-1, 1e-3)"])
+
+
+def test_a_crashing_job_is_marked_and_the_sweep_reports(tmp_path, monkeypatch, capsys):
+    """A job that dies of something other than a gancli error (out of memory, a bug) is marked
+    failed with its error, and the sweep goes on to its report; the same sweep folder is not
+    reused without train.resume."""
+    from gancli import cli
+    from gancli import train as train_module
+
+    real = train_module._train
+
+    def crash_on_seed_1(cfg, run_dir, folder):
+        if cfg.seed == 1:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return real(cfg, run_dir, folder)
+
+    monkeypatch.setattr(train_module, "_train", crash_on_seed_1)
+    monkeypatch.chdir(tmp_path)
+    sweep = tmp_path / "sweep"
+    args = ["train", "-m", *TINY, "seed=0,1", f"hydra.sweep.dir={sweep}"]
+    cli.main(args)
+    assert read_json(sweep / "1" / "summary.json") == {**read_json(sweep / "1" / "summary.json"), "status": "failed",
+                                                       "error": "RuntimeError: CUDA out of memory (simulated)"}
+    with open(sweep / "report.csv", newline="") as f:
+        assert sorted(row["status"] for row in csv.DictReader(f)) == ["completed", "failed"]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        cli.main(args)
+    assert info.value.code == 2
+    assert f"hydra.sweep.dir={sweep} already holds a sweep's runs" in capsys.readouterr().err

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Optional
 
-import torch
 from torch import Tensor, nn
 
 from gancli.errors import GancliError, at_least
