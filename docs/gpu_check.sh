@@ -14,10 +14,18 @@
 #    fast against eager and compared; bench rows for the recipe presets (DCGAN 64x64 RGB, bf16,
 #    batch 64), and the pytest cases marked gpu (tests/test_gpu.py);
 # 7. the architectures: a class-conditional ResNet (conditional batch norm, projection D) trained
-#    fast against eager on the digits, and bench rows for model=resnet and experiment=r3gan at
-#    32x32 RGB, bf16, batch 64.
+#    fast against eager on the digits, and bench rows for model=resnet at 32x32 RGB (batch 64 and
+#    256), experiment=r3gan at 32x32 and the residual family at 64x64, bf16;
+# 8. the batch-1024 and batch-64 targets: where DCGAN-64's bf16 step spends its time
+#    (docs/profile_step.py: operators and CUDA kernels, a trace), and torch.compile of G and D
+#    captured inside the step's CUDA graphs, against the plain graphs.
 # Each check runs under its own time limit and the script goes on past a failed one, so one
 # broken piece still leaves the others' figures; the last lines list what failed.
+# One call must fit a device session of 10 minutes with its machine start, so the checks come
+# in parts, each of about 8 minutes of time limits at most (far less in practice): PART=1 (the
+# speed targets: bench_dcgan64 and section 8), PART=2 (the R1 double backward under capture
+# against eager, and bench rows for the recipe presets, the ResNet at 32x32 and the residual
+# family at 64x64), PART=3 (everything else); without PART every check runs.
 # Where hydra is missing (see shared/wheels-gpu), put its wheels in .whl/ beside this checkout first
 # (a gancli wheel there too, from `pip wheel --no-deps -w .whl .`, saves building it on the machine).
 # QUICK=1 shrinks every run to a few steps, to try the script on a CPU; ONLY="name name ..." runs
@@ -43,11 +51,20 @@ sizes=64,1024
 steps=400
 if [ "${QUICK:-0}" = 1 ]; then quick=(bench.warmup=1 bench.steps=1 bench.repeats=1 device=cpu); sizes=8,16; steps=20; fi
 failed=()
+# which part (see the top) a check belongs to
+part_of() {
+  case $1 in
+    bench_dcgan64|bench_dcgan64_compile_graphs|profile_dcgan64_1024|profile_dcgan64_64) echo 1 ;;
+    *_r1|r1_graphs_vs_eager|bench_wgan_gp|bench_rpgan|bench_ema_diffaug|bench_resnet32|bench_residual64) echo 2 ;;
+    *) echo 3 ;;
+  esac
+}
 # check NAME SECONDS COMMAND...: run it under a time limit, its output also in $out/NAME.txt
 check() {
   local name=$1 seconds=$2
   shift 2
   if [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $name "* ]]; then return; fi
+  if [ -n "${PART:-}" ] && [ -z "${ONLY:-}" ] && [ "$(part_of "$name")" != "$PART" ]; then return; fi
   echo "+ $*" | tee -a "$out/commands.txt"
   local t0=$SECONDS
   timeout --signal=INT --kill-after=20 "$seconds" "$@" 2>&1 | tee "$out/$name.txt"
@@ -67,7 +84,7 @@ check train_fast_nhwc 90 gancli train "${common[@]}" accel=fast accel.channels_l
 check nhwc_vs_eager 30 python3 docs/compare_runs.py "$out/eager" "$out/fast_nhwc"
 
 # 2. the benchmarks
-check bench_dcgan64 150 gancli bench model=dcgan data=fake data.image_size=64 data.channels=3 data.n=8192 \
+check bench_dcgan64 120 gancli bench model=dcgan data=fake data.image_size=64 data.channels=3 data.n=8192 \
   train.batch_size=$sizes precision=fp32,bf16 accel=baseline,eager,fast hydra.run.dir="$out/bench_dcgan64" "${quick[@]}"
 # the classic model's step as published (loss.r1_gamma=0), and with the R1 penalty it trains with by default
 check bench_classic 60 gancli bench model=classic loss.r1_gamma=0 data=fake data.n=8192 train.batch_size=64 precision=fp32,bf16 \
@@ -99,8 +116,8 @@ check bench_compile 120 gancli bench model=dcgan data=fake data.image_size=64 da
 # 6. the recipes under capture (fast) against eager, then their bench rows
 r1=(model=classic data=digits precision=bf16 train.steps=$steps train.log_every=10 train.sample_every=$steps
     train.ckpt_every=0 eval.every=$steps seed=1)
-check train_eager_r1 120 gancli train "${r1[@]}" accel=eager hydra.run.dir="$out/eager_r1" "${quick[@]:3}"
-check train_fast_r1 90 gancli train "${r1[@]}" accel=fast hydra.run.dir="$out/fast_r1" "${quick[@]:3}"
+check train_eager_r1 60 gancli train "${r1[@]}" accel=eager hydra.run.dir="$out/eager_r1" "${quick[@]:3}"
+check train_fast_r1 60 gancli train "${r1[@]}" accel=fast hydra.run.dir="$out/fast_r1" "${quick[@]:3}"
 check r1_graphs_vs_eager 30 python3 docs/compare_runs.py "$out/eager_r1" "$out/fast_r1"
 recipe=("${common[@]}" experiment=rpgan ema.half_life_kimg=2 augment=diffaug)
 check train_eager_recipe 120 gancli train "${recipe[@]}" accel=eager hydra.run.dir="$out/eager_recipe" "${quick[@]:3}"
@@ -108,7 +125,8 @@ check train_fast_recipe 90 gancli train "${recipe[@]}" accel=fast hydra.run.dir=
 check recipe_graphs_vs_eager 30 python3 docs/compare_runs.py "$out/eager_recipe" "$out/fast_recipe"
 dcgan64=(model=dcgan data=fake data.image_size=64 data.channels=3 data.n=8192 train.batch_size=64 precision=bf16
          accel=eager,fast)
-check bench_wgan_gp 90 gancli bench "${dcgan64[@]}" experiment=wgan_gp hydra.run.dir="$out/bench_wgan_gp" "${quick[@]}"
+if [ "${QUICK:-0}" = 1 ]; then dcgan64+=(model.g_width=8 model.d_width=8); fi
+check bench_wgan_gp 60 gancli bench "${dcgan64[@]}" experiment=wgan_gp hydra.run.dir="$out/bench_wgan_gp" "${quick[@]}"
 check bench_hinge_sn 60 gancli bench "${dcgan64[@]}" experiment=hinge_sn hydra.run.dir="$out/bench_hinge_sn" "${quick[@]}"
 check bench_rpgan 60 gancli bench "${dcgan64[@]}" experiment=rpgan hydra.run.dir="$out/bench_rpgan" "${quick[@]}"
 check bench_ema_diffaug 60 gancli bench "${dcgan64[@]}" ema.half_life_kimg=10 augment=diffaug \
@@ -120,12 +138,29 @@ cond=("${common[@]}" model=resnet model.conditional=true "${narrow[@]}")
 check train_eager_cond 150 gancli train "${cond[@]}" accel=eager hydra.run.dir="$out/eager_cond" "${quick[@]:3}"
 check train_fast_cond 120 gancli train "${cond[@]}" accel=fast hydra.run.dir="$out/fast_cond" "${quick[@]:3}"
 check cond_graphs_vs_eager 30 python3 docs/compare_runs.py "$out/eager_cond" "$out/fast_cond"
-rgb32=(data=fake data.image_size=32 data.channels=3 data.n=8192 train.batch_size=64 precision=bf16 accel=eager,fast)
-check bench_resnet32 90 gancli bench "${rgb32[@]}" model=resnet "${narrow[@]}" hydra.run.dir="$out/bench_resnet32" \
-  "${quick[@]}"
+rgb32=(data=fake data.image_size=32 data.channels=3 data.n=8192 precision=bf16 accel=eager,fast)
+resnet_sizes=64,256
+if [ "${QUICK:-0}" = 1 ]; then resnet_sizes=8,16; fi
+check bench_resnet32 90 gancli bench "${rgb32[@]}" train.batch_size=$resnet_sizes model=resnet "${narrow[@]}" \
+  hydra.run.dir="$out/bench_resnet32" "${quick[@]}"
 if [ "${QUICK:-0}" = 1 ]; then narrow=(model.width=4 model.width_max=8 model.group_size=4); fi
-check bench_r3gan32 90 gancli bench "${rgb32[@]}" experiment=r3gan "${narrow[@]}" hydra.run.dir="$out/bench_r3gan32" \
+check bench_r3gan32 90 gancli bench "${rgb32[@]}" train.batch_size=64 experiment=r3gan "${narrow[@]}" hydra.run.dir="$out/bench_r3gan32" \
   "${quick[@]}"
+check bench_residual64 60 gancli bench data=fake data.image_size=64 data.channels=3 data.n=8192 train.batch_size=64 \
+  precision=bf16 accel=eager,fast model=residual "${narrow[@]}" hydra.run.dir="$out/bench_residual64" "${quick[@]}"
+
+# 8. the speed targets: where the bf16 step of DCGAN-64 spends its time, at batch 1024 and 64, and
+#    torch.compile's kernels captured inside the step's graphs
+profile=(--steps 20)
+big=1024 small=64
+if [ "${QUICK:-0}" = 1 ]; then profile=(--steps 2 --warmup 1 device=cpu); big=16 small=8; fi
+check profile_dcgan64_1024 90 python3 docs/profile_step.py model=dcgan data=fake data.image_size=64 data.channels=3 \
+  data.n=8192 train.batch_size=$big precision=bf16 accel=fast --out "$out/profile_dcgan64_1024" "${profile[@]}"
+check profile_dcgan64_64 60 python3 docs/profile_step.py model=dcgan data=fake data.image_size=64 data.channels=3 \
+  data.n=8192 train.batch_size=$small precision=bf16 accel=fast --out "$out/profile_dcgan64_64" "${profile[@]}"
+check bench_dcgan64_compile_graphs 200 gancli bench model=dcgan data=fake data.image_size=64 data.channels=3 \
+  data.n=8192 train.batch_size=$sizes precision=bf16 accel=fast accel.compile=default \
+  hydra.run.dir="$out/bench_dcgan64_compile_graphs" "${quick[@]}"
 if [ "${QUICK:-0}" != 1 ]; then  # without CUDA they skip
   check pytest_gpu 180 python3 -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider
 fi

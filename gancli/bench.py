@@ -115,15 +115,16 @@ def _failed_row(accel: str, batch_size: int, precision: str, exc: Exception, log
             "error": f"{type(exc).__name__}: {message}"[:300]}
 
 
-def time_variant(cfg: BenchApp, warmup: int, steps: int, repeats: int, data_cache: dict,
-                 timer_cls: type = SectionTimer) -> dict[str, Any]:
-    """Median time of `repeats` runs of `steps` training steps, after untimed warm-up steps.
-    `timer_cls` times the step's sections as training does (NullTimer: not at all)."""
+def prepare(cfg: BenchApp, warmup: int, data_cache: dict,
+            timer_cls: type = SectionTimer) -> tuple[TrainStep, torch.device, Any, BenchApp]:
+    """A variant's training step, built and run through `warmup` untimed steps (graph capture and
+    compilation happen there): (the step, its device, the data, `cfg` with its precision made
+    concrete). `data_cache` keeps one data set across variants."""
     # the last variant's step, finished or failed, sits in reference cycles: free it first
     gc.collect()
     device = train.check(cfg)
-    precision = cfg.precision.name
-    runtime.configure_backends(device, precision)
+    cfg, _ = train.resolve_precision(cfg, device)
+    runtime.configure_backends(device, cfg.precision.name)
     runtime.seed_everything(cfg.seed)
     key = repr(cfg.data)
     if key not in data_cache:
@@ -134,12 +135,19 @@ def time_variant(cfg: BenchApp, warmup: int, steps: int, repeats: int, data_cach
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
-    timer = timer_cls(device)
-    train_step = TrainStep(cfg, data, device, plan, timer)
-    k = 0
-    for _ in range(max(warmup, plan.warmup_steps + 2)):  # graphs need their warm-up and capture
+    train_step = TrainStep(cfg, data, device, plan, timer_cls(device))
+    for k in range(max(warmup, plan.warmup_steps + 2)):  # graphs need their warm-up and capture
         train_step(k)
-        k += 1
+    return train_step, device, data, cfg
+
+
+def time_variant(cfg: BenchApp, warmup: int, steps: int, repeats: int, data_cache: dict,
+                 timer_cls: type = SectionTimer) -> dict[str, Any]:
+    """Median time of `repeats` runs of `steps` training steps, after untimed warm-up steps.
+    `timer_cls` times the step's sections as training does (NullTimer: not at all)."""
+    train_step, device, data, cfg = prepare(cfg, warmup, data_cache, timer_cls)
+    precision, plan, timer = cfg.precision.name, train_step.plan, train_step.timer
+    k = max(warmup, plan.warmup_steps + 2)
     times = []
     for _ in range(repeats):
         runtime.synchronize(device)

@@ -13,7 +13,7 @@ import itertools
 import os
 import re
 import sys
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Any, NamedTuple, Optional
 
 from gancli.errors import GancliError, user_errors
 
@@ -128,7 +128,7 @@ def _check_modes(args: list[str]) -> None:
         raise GancliError("--resolve goes with --cfg (or --help): gancli train --cfg job --resolve")
 
 
-def claim_run_folders(args: list[str], checked: list) -> tuple[list[str], Optional["Path"]]:
+def claim_run_folders(args: list[str], checked: list[Job]) -> tuple[list[str], Optional["Path"]]:
     """Before Hydra writes `.hydra/` in a run folder, make sure the job may write there: claim a
     single run's folder for this process (the caller releases it when the job ends), pinning its
     resolved path so that Hydra uses that very folder; a sweep's folder must not already hold a
@@ -136,19 +136,11 @@ def claim_run_folders(args: list[str], checked: list) -> tuple[list[str], Option
     arguments for Hydra and the claimed folder, if any."""
     from pathlib import Path
 
-    from hydra import compose, initialize_config_module
-
     from gancli import runfolder, runtime, train
 
-    multirun = "-m" in args or "--multirun" in args
-    overrides = [arg for arg in args if not arg.startswith("-")]
-    if multirun:  # its first job's: compose takes no sweeps, and every job shares the sweep folder
-        overrides = _expand_sweeps(overrides)[0]
-    with initialize_config_module("gancli.configs", version_base="1.3"):
-        hydra_cfg = compose("train", overrides=overrides, return_hydra_config=True).hydra
-        folder = Path(str(hydra_cfg.sweep.dir if multirun else hydra_cfg.run.dir))
-    if multirun:
-        if any(cfg.train.resume is None for cfg in checked) and folder.is_dir() and any(
+    folder = Path(checked[0].folder)
+    if "-m" in args or "--multirun" in args:
+        if any(job.cfg.train.resume is None for job in checked) and folder.is_dir() and any(
                 (job / runfolder.CHECKPOINT_DIR / "last.pt").exists() or (job / runfolder.SUMMARY).exists()
                 for job in folder.iterdir()):
             raise GancliError(f"hydra.sweep.dir={folder} already holds a sweep's runs; choose a new hydra.sweep.dir, "
@@ -156,7 +148,7 @@ def claim_run_folders(args: list[str], checked: list) -> tuple[list[str], Option
         return args, None
     if not runtime.Ranks.current().is_main:  # rank 0 alone writes the folder
         return args, None
-    train.claim_run_dir(checked[0], folder)
+    train.claim_run_dir(checked[0].cfg, folder)
     try:
         return _pin(args, "hydra.run.dir", str(folder)), folder
     except GancliError:
@@ -171,22 +163,16 @@ def _pin(args: list[str], key: str, value: str) -> list[str]:
     return [arg for arg in args if not arg.startswith(f"{key}=")] + [f"{key}='{value}'"]
 
 
-def join_process_group(args: list[str], checked: list) -> list[str]:
+def join_process_group(args: list[str], checked: list[Job]) -> list[str]:
     """torchrun starts one gancli per device. They join one process group, and all use the run
     folder rank 0 picks: only rank 0 writes Hydra's files and the logs."""
-    from hydra import compose, initialize_config_module
-
     from gancli import runtime
 
     if len(checked) != 1 or "-m" in args or "--multirun" in args:
         raise GancliError("torchrun runs one training job: drop -m (to sweep, run torchrun once per job)")
-    runtime.init_distributed(checked[0].device.type)
+    runtime.init_distributed(checked[0].cfg.device.type)
     ranks = runtime.Ranks.current()
-    run_dir = None
-    if ranks.is_main:
-        with initialize_config_module("gancli.configs", version_base="1.3"):
-            run_dir = str(compose("train", overrides=args, return_hydra_config=True).hydra.run.dir)
-    args = _pin(args, "hydra.run.dir", ranks.broadcast(run_dir))
+    args = _pin(args, "hydra.run.dir", ranks.broadcast(checked[0].folder if ranks.is_main else None))
     if not ranks.is_main:
         args += ["hydra.output_subdir=null", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
     return args
@@ -203,12 +189,21 @@ def _fail(message: str) -> None:
     sys.exit(2)
 
 
-def preflight(module, args: list[str]) -> list:
-    """Compose and check the app's config for each job the arguments would run; returns the
-    typed configs."""
+class Job(NamedTuple):
+    """One job a command line would run: its typed config, and the folder Hydra would give it (the
+    run folder of a single run, the sweep folder of a sweep's job)."""
+
+    cfg: Any
+    folder: str
+
+
+def preflight(module, args: list[str]) -> list[Job]:
+    """Compose and check the app's config for each job the arguments would run (one composition
+    each, which also resolves the job's folder)."""
     from hydra import compose, initialize_config_module
     from hydra._internal.utils import get_args_parser
     from hydra.errors import HydraException
+    from omegaconf import open_dict
     from omegaconf.errors import OmegaConfBaseException
 
     from gancli.config import to_typed
@@ -220,9 +215,13 @@ def preflight(module, args: list[str]) -> list:
         with initialize_config_module("gancli.configs", version_base="1.3"):
             for overrides in jobs:
                 _check_optional_choices(overrides)
-                cfg = to_typed(compose(module.CONFIG_NAME, overrides=overrides))
+                composed = compose(module.CONFIG_NAME, overrides=overrides, return_hydra_config=True)
+                with open_dict(composed):
+                    hydra_cfg = composed.pop("hydra")
+                folder = str(hydra_cfg.sweep.dir if parsed.multirun else hydra_cfg.run.dir)
+                cfg = to_typed(composed)
                 module.check(cfg)
-                checked.append(cfg)
+                checked.append(Job(cfg, folder))
     except (HydraException, OmegaConfBaseException) as exc:
         raise GancliError(one_line(exc)) from None
     return checked

@@ -71,6 +71,7 @@ class DeviceType(Enum):
 
 
 class Precision(Enum):
+    auto = "auto"  # bf16 where the device computes it natively and fast, else fp32 (runtime.resolve_precision)
     fp32 = "fp32"
     tf32 = "tf32"
     bf16 = "bf16"
@@ -232,7 +233,7 @@ class DeviceConfig:
 
 @dataclass
 class PrecisionConfig:
-    name: Precision = Precision.fp32
+    name: Precision = Precision.auto
 
 
 @dataclass

@@ -1,4 +1,7 @@
-"""Writing what G makes: image grids, single images and scatter plots of 2-D points."""
+"""Writing what G makes: image grids, single images and scatter plots of 2-D points.
+
+PNGs are written with Pillow directly; torchvision's helpers would import all of torchvision,
+which takes seconds at every start."""
 
 from __future__ import annotations
 
@@ -6,27 +9,53 @@ import math
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import torch
-from torchvision.utils import make_grid, save_image
 
 from gancli.files import atomic, write_error
+
+PADDING = 2  # pixels of black between the images of a grid, and around them
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """float (N, C, H, W) in [-1, 1] -> uint8 (N, H, W, C), rounded to the nearest level."""
+    x = images.detach().float().cpu().clamp(-1, 1).add(1).mul(127.5).add(0.5).clamp(0, 255)
+    return x.to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def grid(images: torch.Tensor, nrow: int) -> np.ndarray:
+    """float (N, C, H, W) in [-1, 1] -> uint8 (rows * (H + PADDING) + PADDING, nrow * (W + PADDING) + PADDING, C)."""
+    tiles = to_uint8(images)
+    n, h, w, c = tiles.shape
+    rows = math.ceil(n / nrow)
+    out = np.zeros((rows * (h + PADDING) + PADDING, nrow * (w + PADDING) + PADDING, c), np.uint8)
+    for i, tile in enumerate(tiles):
+        top, left = PADDING + (i // nrow) * (h + PADDING), PADDING + (i % nrow) * (w + PADDING)
+        out[top : top + h, left : left + w] = tile
+    return out
+
+
+def _write_png(pixels: np.ndarray, path: Path) -> None:
+    """uint8 (H, W, 1 or 3) -> a grey or RGB PNG at `path` (a temporary name of `atomic`, say)."""
+    from PIL import Image
+
+    Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).save(path, format="png")
 
 
 def save_grid(images: torch.Tensor, path: Path, nrow: Optional[int] = None) -> None:
     """float (N, C, H, W) in [-1, 1] -> one PNG grid, about square."""
     nrow = nrow or math.ceil(math.sqrt(len(images)))
-    grid = make_grid(images.detach().float().cpu(), nrow=nrow, padding=2, normalize=True, value_range=(-1, 1))
     with atomic(path) as tmp:
-        save_image(grid, tmp, format="png")
+        _write_png(grid(images, nrow), tmp)
 
 
 def save_singles(images: torch.Tensor, folder: Path, start: int = 0) -> None:
     """float (N, C, H, W) in [-1, 1] -> 000000.png, 000001.png, ... from `start`."""
-    for i, image in enumerate(images.detach().float().cpu()):
+    for i, pixels in enumerate(to_uint8(images)):
         path = folder / f"{start + i:06d}.png"
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            save_image(image, path, normalize=True, value_range=(-1, 1))
+            _write_png(pixels, path)
         except OSError as exc:
             raise write_error(path, exc) from None
 

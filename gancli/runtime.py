@@ -70,6 +70,50 @@ def resolve_device(cfg: DeviceConfig) -> torch.device:
     return torch.device("mps")
 
 
+def resolve_precision(device: torch.device, precision: Precision) -> tuple[Precision, str]:
+    """The precision a run uses, and why: `auto` is bf16 autocast where the device computes bf16
+    natively and fast, else fp32; any other precision is itself."""
+    if precision is not Precision.auto:
+        return precision, "asked for"
+    if device.type == "cuda":
+        try:
+            major, minor = torch.cuda.get_device_capability(device)
+        except (RuntimeError, AssertionError):  # no GPU to ask (a plan made on a machine without one)
+            return Precision.fp32, "no CUDA GPU here to ask for its compute capability"
+        if (major, minor) >= (8, 0):
+            return Precision.bf16, f"CUDA compute capability {major}.{minor} has bf16 tensor cores"
+        return Precision.fp32, f"CUDA compute capability {major}.{minor} is older than 8.0 (no bf16 tensor cores)"
+    if device.type == "cpu":
+        feature = cpu_bf16_feature()
+        if feature:
+            return Precision.bf16, f"this CPU computes bf16 natively ({feature})"
+        return Precision.fp32, "this CPU has neither AMX nor AVX512-BF16, so bf16 would be emulated"
+    return Precision.fp32, f"bf16 on {device.type} has not been measured faster than fp32"
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_bf16_feature() -> Optional[str]:
+    """The CPU feature that computes bf16 natively, AMX or AVX512-BF16, or None. torch's own
+    probes (torch.cpu, as oneDNN sees the CPU) where it has them, else Linux's CPU flags."""
+    probes = (("AMX", "_is_amx_tile_supported", "amx_bf16"), ("AVX512-BF16", "_is_avx512_bf16_supported", "avx512_bf16"))
+    flags: Optional[set[str]] = None
+    for name, probe, flag in probes:
+        fn = getattr(torch.cpu, probe, None)
+        if fn is not None:
+            if fn():
+                return name
+            continue
+        if flags is None:
+            try:
+                text = open("/proc/cpuinfo", encoding="utf-8").read()
+            except OSError:
+                text = ""
+            flags = {f for line in text.splitlines() if line.startswith("flags") for f in line.split(":", 1)[1].split()}
+        if flag in flags:
+            return name
+    return None
+
+
 def check_precision(device: torch.device, precision: Precision) -> None:
     """Refuse a device/precision pair that would not run as asked."""
     if precision is Precision.fp16 and device.type == "cpu":
@@ -92,12 +136,34 @@ def _mps_supports_bf16() -> bool:
 
 
 def configure_backends(device: torch.device, precision: Precision) -> None:
-    """fp32 is strict (no TF32 in matmuls or convolutions); tf32 turns TF32 on for both."""
+    """fp32 is strict (no TF32 in matmuls or convolutions); tf32 turns TF32 on for both. On the
+    CPU, one thread per physical core unless OMP_NUM_THREADS says otherwise: a second thread on
+    a core's sibling only competes for the same units."""
+    if device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(physical_cores())
     if device.type == "cuda":
         tf32 = precision is Precision.tf32
         torch.backends.cuda.matmul.allow_tf32 = tf32
         torch.backends.cudnn.allow_tf32 = tf32
         torch.backends.cudnn.benchmark = True  # shapes never change within a run
+
+
+def physical_cores() -> int:
+    """Physical cores among the CPUs this process may run on (Linux's topology files; elsewhere,
+    or when they cannot be read, the CPU count)."""
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+    cores = set()
+    for cpu in cpus:
+        topology = f"/sys/devices/system/cpu/cpu{cpu}/topology"
+        try:
+            with open(f"{topology}/physical_package_id") as package, open(f"{topology}/core_id") as core:
+                cores.add((package.read().strip(), core.read().strip()))
+        except OSError:
+            return len(cpus)
+    return max(1, len(cores))
 
 
 def autocast(device: torch.device, precision: Precision, cache: bool = True) -> contextlib.AbstractContextManager:
@@ -156,6 +222,9 @@ def peak_memory_mb(device: torch.device) -> float:
 def describe(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{device} ({torch.cuda.get_device_name(device)})"
+    if device.type == "cpu":
+        threads = torch.get_num_threads()
+        return f"cpu ({threads} thread{'s' if threads > 1 else ''})"
     return str(device)
 
 
@@ -202,15 +271,17 @@ def plan_accel(cfg: AccelConfig, device: torch.device, precision: Precision, has
     elif graphs and cfg.host_syncs:
         graphs = False
         notes.append("cuda_graphs off: per-step host syncs cannot run inside a graph")
-    elif graphs and compile_mode:
+    elif graphs and compile_mode and compile_mode != CompileMode.default.value:
         graphs = False
-        notes.append("cuda_graphs off: torch.compile is on (its reduce-overhead mode makes graphs itself)")
+        notes.append(f"cuda_graphs off: torch.compile mode {compile_mode} makes CUDA graphs itself")
     elif graphs and data_parallel:
         graphs = False
         notes.append("cuda_graphs off: DistributedDataParallel's gradient all-reduce runs outside a graph")
     channels_last = cfg.channels_last
-    if channels_last is None:  # on H200 NHWC made bf16 convolutions up to 1.9x faster, fp32 ones no faster
-        channels_last = has_convs and device.type == "cuda" and precision in (Precision.bf16, Precision.fp16)
+    if channels_last is None:  # where NHWC measured faster (docs/benchmarks.md): on an H200 bf16 convolutions
+        # up to 1.9x, fp32 ones no faster; on a 2-core CPU (oneDNN) DCGAN-64 steps 10% (bf16) to 19% (fp32)
+        channels_last = has_convs and (device.type == "cpu" or (
+            device.type == "cuda" and precision in (Precision.bf16, Precision.fp16)))
     elif channels_last and not has_convs:
         channels_last = False
         notes.append("channels_last off: the model has no convolutions")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import logging
 import math
@@ -112,6 +113,13 @@ def check(cfg: TrainApp) -> torch.device:
     return device
 
 
+def resolve_precision(cfg: TrainApp, device: torch.device) -> tuple[TrainApp, str]:
+    """`cfg` with `precision=auto` made concrete for this device (runtime.resolve_precision), and
+    why; what runs, config.yaml, checkpoints and summary.json all see the concrete precision."""
+    precision, why = runtime.resolve_precision(device, cfg.precision.name)
+    return dataclasses.replace(cfg, precision=dataclasses.replace(cfg.precision, name=precision)), why
+
+
 def claim_run_dir(cfg: TrainApp, run_dir: Path) -> runfolder.RunFolder:
     """Claim the run folder for this process (see runfolder.claim) and check that the checkpoint
     a resume would read fits this config; held until the process ends or the claim is left."""
@@ -139,6 +147,7 @@ def _train(cfg: TrainApp, run_dir: Path, folder: Optional[runfolder.RunFolder]) 
     """The run, top to bottom: set-up, resume, the loop, the last checkpoint and the summary."""
     t_start = time.perf_counter()
     device = check(cfg)
+    cfg, precision_why = resolve_precision(cfg, device)
     precision = cfg.precision.name
     runtime.configure_backends(device, precision)
     runtime.seed_everything(cfg.seed)
@@ -232,6 +241,7 @@ def _train(cfg: TrainApp, run_dir: Path, folder: Optional[runfolder.RunFolder]) 
     if ranks.data_parallel:
         log.info("data parallel over %d process%s (%s): batch %d per process, %d in all", ranks.world_size,
                  "es" if ranks.world_size > 1 else "", torch.distributed.get_backend(), batch_size, global_batch)
+    log.info("precision %s: %s", precision.value, precision_why)
     for note in plan.notes:
         log.info(note)
     if cfg.loss.name is LossName.wasserstein and not cfg.loss.gp_lambda and cfg.model.spectral_norm in (
@@ -402,6 +412,7 @@ def _train(cfg: TrainApp, run_dir: Path, folder: Optional[runfolder.RunFolder]) 
         "replica_checksums": checksums,
         "device": runtime.describe(device),
         "precision": precision.value,
+        "precision_reason": precision_why,  # why precision=auto chose it, or "asked for"
         "accel": plan.used(),
         "resumed_from": str(resume_from) if resume_from else None,
         "run_dir": str(run_dir),

@@ -44,6 +44,7 @@ TINY = [
     "train.ckpt_every=3",
     "train.sample_n=16",
     "device=cpu",
+    "precision=fp32",  # the same numbers on every CPU (precision=auto picks bf16 on some)
 ]
 
 

@@ -1,12 +1,14 @@
 """Devices, precisions and the accel variants, on the CPU (CUDA and MPS mocked where needed)."""
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import is_png, read_json, run_gancli
-from gancli import checkpoint, cli, runtime
+from conftest import TINY, is_png, read_json, run_gancli
+from gancli import checkpoint, cli, runtime, train
 from gancli.config import AccelConfig, AccelName, CompileMode, DeviceConfig, DeviceType, Precision
 from gancli.errors import GancliError
 from gancli.step import TrainStep, plan_for, step_flops
@@ -80,7 +82,8 @@ def test_mps_selection_and_precisions_with_the_backend_mocked(monkeypatch):
         ("cpu", Precision.fp32, AccelConfig(), "not CUDA"),
         ("cuda", Precision.fp16, AccelConfig(), "fp16"),
         ("cuda", Precision.bf16, AccelConfig(host_syncs=True), "host syncs"),
-        ("cuda", Precision.bf16, AccelConfig(compile=CompileMode.default), "torch.compile"),
+        ("cuda", Precision.bf16, AccelConfig(compile=CompileMode.reduce_overhead), "makes CUDA graphs itself"),
+        ("cuda", Precision.bf16, AccelConfig(compile=CompileMode.max_autotune), "makes CUDA graphs itself"),
     ],
 )
 def test_graphs_say_why_they_are_off(device, precision, accel, expected):
@@ -93,6 +96,10 @@ def test_graphs_say_why_they_are_off(device, precision, accel, expected):
 def test_graphs_planned_on_cuda_bf16():
     plan = runtime.plan_accel(AccelConfig(), torch.device("cuda"), Precision.bf16, has_convs=True)
     assert plan.cuda_graphs and plan.notes == []
+    # compile's default mode makes no graphs of its own: the compiled step is captured in ours
+    plan = runtime.plan_accel(AccelConfig(compile=CompileMode.default), torch.device("cuda"), Precision.bf16,
+                              has_convs=True)
+    assert plan.cuda_graphs and plan.compile == "default" and plan.notes == []
     plan = runtime.plan_accel(AccelConfig(channels_last=True), CPU, Precision.fp32, has_convs=False)
     assert not plan.channels_last and "channels_last" in plan.notes[-1]
 
@@ -105,7 +112,9 @@ def test_graphs_planned_on_cuda_bf16():
         ("cuda", Precision.fp32, True, False),
         ("cuda", Precision.tf32, True, False),
         ("cuda", Precision.bf16, False, False),
-        ("cpu", Precision.bf16, True, False),
+        ("cpu", Precision.bf16, True, True),
+        ("cpu", Precision.fp32, True, True),
+        ("cpu", Precision.fp32, False, False),
         ("mps", Precision.fp16, True, False),
     ],
 )
@@ -293,3 +302,55 @@ def test_r1_penalty_lowers_the_discriminators_input_gradient(tmp_path):
         (grad,) = torch.autograd.grad(step_fn.D(real).sum(), real)
         return grad.pow(2).flatten(1).sum(1).mean().item()
     assert grad_norm(10) < 0.5 * grad_norm(0)
+
+
+# ---- precision=auto and the CPU's threads ----
+
+@pytest.mark.parametrize("device, probe, expected, why", [
+    ("cpu", "AMX", Precision.bf16, "this CPU computes bf16 natively (AMX)"),
+    ("cpu", "AVX512-BF16", Precision.bf16, "this CPU computes bf16 natively (AVX512-BF16)"),
+    ("cpu", None, Precision.fp32, "neither AMX nor AVX512-BF16"),
+    ("cuda", (8, 0), Precision.bf16, "compute capability 8.0 has bf16 tensor cores"),
+    ("cuda", (7, 5), Precision.fp32, "compute capability 7.5 is older than 8.0"),
+    ("mps", None, Precision.fp32, "bf16 on mps has not been measured faster"),
+])
+def test_auto_precision_is_bf16_where_the_device_computes_it_natively(monkeypatch, device, probe, expected, why):
+    monkeypatch.setattr(runtime, "cpu_bf16_feature", lambda: probe)  # (the real one is cached)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: probe)
+    precision, reason = runtime.resolve_precision(torch.device(device), Precision.auto)
+    assert precision is expected and why in reason
+    assert runtime.resolve_precision(torch.device(device), Precision.fp32) == (Precision.fp32, "asked for")
+
+
+def test_auto_is_the_default_and_a_run_records_what_it_chose(tmp_path):
+    assert compose_train().precision.name is Precision.auto
+    run = [a for a in TINY if not a.startswith("precision=")]
+    summary = train.train(compose_train(*run), tmp_path / "run")
+    expected, why = runtime.resolve_precision(torch.device("cpu"), Precision.auto)
+    assert summary["precision"] == expected.value and summary["precision_reason"] == why
+    assert read_json(tmp_path / "run" / "summary.json")["precision_reason"] == why
+    assert f"name: {expected.value}" in (tmp_path / "run" / "config.yaml").read_text()  # the concrete precision
+
+
+def test_cpu_bf16_probe_agrees_with_linux_cpu_flags():
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else None
+    if flags is None:
+        pytest.skip("no /proc/cpuinfo here")
+    has = "amx_bf16" in flags.split() or "avx512_bf16" in flags.split()
+    assert (runtime.cpu_bf16_feature() is not None) == has
+
+
+def test_cpu_threads_default_to_the_physical_cores(monkeypatch):
+    cores = runtime.physical_cores()
+    assert 1 <= cores <= (os.cpu_count() or 1)
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        runtime.configure_backends(torch.device("cpu"), Precision.fp32)
+        assert torch.get_num_threads() == cores
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        torch.set_num_threads(1)
+        runtime.configure_backends(torch.device("cpu"), Precision.fp32)  # the user's setting stands
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -27,7 +27,7 @@ def test_train_writes_a_complete_run_folder(tiny_run):
 
     summary = read_json(tiny_run / "summary.json")
     assert summary["status"] == "completed" and summary["steps"] == 6
-    assert summary["device"] == "cpu" and summary["precision"] == "fp32"
+    assert summary["device"] == "cpu (1 thread)" and summary["precision"] == "fp32"
     assert summary["wall_s"] > 0 and summary["img_per_s"] > 0
     assert all(isinstance(summary[k], float) for k in ("loss_d", "loss_g"))
     assert summary["versions"]["torch"] == torch.__version__

@@ -28,7 +28,7 @@ def test_default_config():
     assert cfg.model.name == "dcgan" and cfg.data.name is DataName.digits
     assert cfg.optimizer.name is OptimizerName.adam
     assert (cfg.optimizer.lr, cfg.optimizer.beta1, cfg.optimizer.beta2) == (2e-4, 0.5, 0.999)
-    assert cfg.loss.name is LossName.ns and cfg.precision.name is Precision.fp32
+    assert cfg.loss.name is LossName.ns and cfg.precision.name is Precision.auto
 
 
 def test_top_level_keys_are_frozen():
@@ -52,7 +52,7 @@ def test_top_level_keys_are_frozen():
         ("optimizer", ["adam", "rmsprop", "sgd"]),
         ("loss", ["hinge", "lsgan", "minimax", "ns", "rpgan", "wasserstein"]),
         ("device", ["auto", "cpu", "cuda", "mps"]),
-        ("precision", ["bf16", "fp16", "fp32", "tf32"]),
+        ("precision", ["auto", "bf16", "fp16", "fp32", "tf32"]),
         ("accel", ["baseline", "eager", "fast"]),
         ("logger", ["none", "tensorboard"]),
     ],

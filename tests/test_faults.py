@@ -30,9 +30,9 @@ from gancli.errors import Diverged, GancliError
 from gancli.train import train
 from test_config import compose_train
 
-# A tiny DCGAN that writes everything at every step: a checkpoint, a grid, a timing row.
+# A tiny DCGAN that writes everything at every step: a checkpoint, a grid, a timing row (steps: per test).
 EVERY_STEP = [a for a in TINY if not a.startswith("train.")] + [
-    "train.batch_size=16", "train.steps=16", "train.log_every=1", "train.sample_every=1", "train.ckpt_every=1",
+    "train.batch_size=16", "train.log_every=1", "train.sample_every=1", "train.ckpt_every=1",
     "train.sample_n=16", "train.resume=auto"]
 KILLS = int(os.environ.get("GANCLI_FAULT_KILLS", "12"))
 FORK = multiprocessing.get_context("fork") if "fork" in multiprocessing.get_all_start_methods() else None
@@ -102,39 +102,67 @@ def _assert_same_run(run_dir: Path, reference: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> tuple[Path, float]:
-    """The uninterrupted run, and how long it took."""
+def reference(tmp_path_factory) -> Callable[[int], tuple[Path, float]]:
+    """The uninterrupted run of EVERY_STEP at a number of steps, and its wall time, made once."""
     runtime.peak_flops(torch.device("cpu"), compose_train().precision.name)  # measured once, inherited by children
-    run_dir = tmp_path_factory.mktemp("faults") / "reference"
-    t0 = time.perf_counter()
-    assert _run_to_end(EVERY_STEP, run_dir) == 0
-    return run_dir, time.perf_counter() - t0
+    root, made = tmp_path_factory.mktemp("faults"), {}
+
+    def run(steps: int) -> tuple[Path, float]:
+        if steps not in made:
+            t0 = time.perf_counter()
+            assert _run_to_end([*EVERY_STEP, f"train.steps={steps}"], root / f"reference_{steps}") == 0
+            made[steps] = root / f"reference_{steps}", time.perf_counter() - t0
+        return made[steps]
+
+    return run
+
+
+def _rows_written(run_dir: Path) -> int:
+    try:
+        return (run_dir / "timing.jsonl").read_bytes().count(b"\n")
+    except FileNotFoundError:
+        return 0
 
 
 def test_kill_9_at_random_moments_loses_nothing(reference, tmp_path):
-    """SIGKILL at random moments of a run that writes at every step; after each, last.pt loads,
-    at most one temporary file per folder exists (removed at the next start), and resuming
-    reaches the uninterrupted run's exact state."""
-    ref_dir, ref_s = reference
+    """SIGKILL again and again: a quarter of the kills at a random moment of start-up, the rest at a
+    random moment of the first or second step after it (each step writes a checkpoint, a grid and
+    a timing row). After each, last.pt loads, at most one temporary file per folder exists
+    (removed at the next start), and resuming reaches the uninterrupted run's exact state."""
+    steps = max(48, 3 * KILLS)  # more than the kills move the run on: it is under way at every kill
+    ref_dir, ref_s = reference(steps)
+    step_s = ref_s / steps
+    overrides = [*EVERY_STEP, f"train.steps={steps}"]
     run_dir = tmp_path / "run"
     rng = random.Random(0)
-    loadable = most_temp = 0
+    loadable = most_temp = cut_writes = 0
     for _ in range(KILLS):
-        proc = _fork_train(EVERY_STEP, run_dir)
-        time.sleep(rng.uniform(0.0, ref_s))
+        rows = _rows_written(run_dir)
+        proc = _fork_train(overrides, run_dir)
+        if rng.random() < 0.25:
+            time.sleep(rng.uniform(0.0, 0.3))
+        else:  # training: wait for 1 or 2 more rows, then a random part of a step
+            target, deadline = rows + rng.randint(1, 2), time.monotonic() + 120
+            while _rows_written(run_dir) < target and proc.is_alive() and time.monotonic() < deadline:
+                time.sleep(0.002)
+            time.sleep(rng.uniform(0.0, step_s))
         proc.kill()
         proc.join()
         last = run_dir / "checkpoints" / "last.pt"
         if last.exists():  # absent only when the kill came before the first checkpoint
             assert checkpoint.load(last)["step"] >= 0
             loadable += 1
-        most_temp = max(most_temp, len(_temp_files(run_dir)))
+        temp = len(_temp_files(run_dir))
+        cut_writes += temp > 0  # the kill came inside an atomic write
+        most_temp = max(most_temp, temp)
         assert most_temp <= 3  # one cut-short write per folder at most: none piles up
-    assert _run_to_end(EVERY_STEP, run_dir) == 0
+    reached = checkpoint.load(run_dir / "checkpoints" / "last.pt")["step"]
+    assert _run_to_end(overrides, run_dir) == 0
     _assert_same_run(run_dir, ref_dir)
-    print(f"kill -9 at {KILLS} random moments: {loadable} after the first checkpoint, each left a loadable "
-          f"last.pt; at most {most_temp} temporary file(s) at once, 0 at the end; the resumed run equals the "
-          "uninterrupted one")
+    print(f"kill -9 at {KILLS} random moments of a {steps}-step run (stopped at step {reached} by then): {loadable} "
+          f"after the first checkpoint, each leaving a loadable last.pt; {cut_writes} inside an atomic write (a "
+          f"temporary file left, at most {most_temp} at once, removed at the next start, 0 at the end); the resumed "
+          "run equals the uninterrupted one")
 
 
 def _partial_torch_save(nth: int) -> Callable[[], None]:
@@ -154,19 +182,20 @@ def _partial_torch_save(nth: int) -> Callable[[], None]:
 
 
 def _partial_grid(nth: int) -> Callable[[], None]:
+    """The nth sample grid stops half-way: a PNG header, then SIGKILL."""
     from gancli import images
 
     calls = {"n": 0}
-    real = images.save_image
+    real = images._write_png
 
-    def save_image(tensor, fp, *args, **kwargs):
+    def write_png(pixels, path):
         calls["n"] += 1
         if calls["n"] == nth:
-            Path(fp).write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 64)
+            Path(path).write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 64)
             _kill_self()
-        return real(tensor, fp, *args, **kwargs)
+        return real(pixels, path)
 
-    return lambda: setattr(images, "save_image", save_image)
+    return lambda: setattr(images, "_write_png", write_png)
 
 
 def _partial_timing_row(nth: int) -> Callable[[], None]:
@@ -210,11 +239,12 @@ def test_kill_9_inside_each_write(reference, tmp_path, inject):
     """The process dies half-way through a write: the file it was replacing is intact (or, for
     an append, the cut line is dropped on resume), and the resumed run equals the uninterrupted one."""
     run_dir = tmp_path / "run"
-    assert _run_to_end(EVERY_STEP, run_dir, inject) == -signal.SIGKILL
+    overrides = [*EVERY_STEP, "train.steps=16"]
+    assert _run_to_end(overrides, run_dir, inject) == -signal.SIGKILL
     last = run_dir / "checkpoints" / "last.pt"
     assert checkpoint.load(last)["step"] >= 1  # the previous checkpoint, whole
-    assert _run_to_end(EVERY_STEP, run_dir) == 0
-    _assert_same_run(run_dir, reference[0])
+    assert _run_to_end(overrides, run_dir) == 0
+    _assert_same_run(run_dir, reference(16)[0])
 
 
 # ---- two writers, one folder ----
@@ -450,3 +480,17 @@ def test_a_directory_where_last_pt_should_be_is_one_line(tmp_path):
     (tmp_path / "run" / "checkpoints" / "last.pt").mkdir(parents=True)
     with pytest.raises(GancliError, match="last.pt is not a file"):
         train(compose_train(*TINY, "train.resume=auto"), tmp_path / "run")
+
+
+def test_a_resume_with_another_optimizer_is_one_line(tiny_run, tmp_path, capsys):
+    line = _cli_error(["train", *TINY, "optimizer=sgd", f"train.resume={tiny_run}",
+                       f"hydra.run.dir={tmp_path / 'run'}"], capsys)
+    assert "trained with optimizer=adam" in line and "resume with optimizer=adam" in line
+    assert not (tmp_path / "run" / ".hydra").exists()  # refused before Hydra wrote anything
+
+
+def test_a_run_folder_that_is_a_file_is_one_line(tmp_path, capsys):
+    (tmp_path / "taken").write_text("a file")
+    line = _cli_error(["train", *TINY, f"hydra.run.dir={tmp_path / 'taken'}"], capsys)
+    assert f"hydra.run.dir={tmp_path / 'taken'} is a file, not a folder" in line
+    assert (tmp_path / "taken").read_text() == "a file"
