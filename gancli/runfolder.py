@@ -60,6 +60,8 @@ def _lock(run_dir: Path) -> None:
             os.close(fd)
             raise GancliError(f"another gancli process (pid {owner}) is training in {run_dir}; wait for it to end, "
                               "or choose another hydra.run.dir") from None
+        except OSError as exc:  # a file system without locks (some network mounts): train, and say so
+            log.warning("cannot lock %s (%s): a second gancli writing there would not be noticed", path, exc.strerror)
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     _held[key] = _Lock(fd)

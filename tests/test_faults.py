@@ -494,3 +494,16 @@ def test_a_run_folder_that_is_a_file_is_one_line(tmp_path, capsys):
     line = _cli_error(["train", *TINY, f"hydra.run.dir={tmp_path / 'taken'}"], capsys)
     assert f"hydra.run.dir={tmp_path / 'taken'} is a file, not a folder" in line
     assert (tmp_path / "taken").read_text() == "a file"
+
+
+def test_a_file_system_without_locks_still_trains_and_says_so(tmp_path, monkeypatch, caplog):
+    fcntl = pytest.importorskip("fcntl")
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with caplog.at_level("WARNING", logger="gancli.runfolder"):
+        with runfolder.claim(tmp_path / "run", None):
+            pass
+    assert "a second gancli writing there would not be noticed" in caplog.text
