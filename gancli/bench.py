@@ -123,15 +123,15 @@ def prepare(cfg: BenchApp, warmup: int, data_cache: dict,
     # the last variant's step, finished or failed, sits in reference cycles: free it first
     gc.collect()
     device = train.check(cfg)
-    cfg, _ = train.resolve_precision(cfg, device)
-    runtime.configure_backends(device, cfg.precision.name)
+    plan = plan_for(cfg, device)
+    cfg = train.as_planned(cfg, plan)
+    runtime.configure_backends(device, plan.precision)
     runtime.seed_everything(cfg.seed)
     key = repr(cfg.data)
     if key not in data_cache:
         data_cache.clear()  # one data set in memory at a time
         data_cache[key] = load_data(cfg.data, cfg.seed)
     data = data_cache[key]
-    plan = plan_for(cfg, device)
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)

@@ -141,8 +141,8 @@ def claim_run_folders(args: list[str], checked: list[Job]) -> tuple[list[str], O
     folder = Path(checked[0].folder)
     if "-m" in args or "--multirun" in args:
         if any(job.cfg.train.resume is None for job in checked) and folder.is_dir() and any(
-                (job / runfolder.CHECKPOINT_DIR / "last.pt").exists() or (job / runfolder.SUMMARY).exists()
-                for job in folder.iterdir()):
+                (run / runfolder.CHECKPOINT_DIR / "last.pt").exists() or (run / runfolder.SUMMARY).exists()
+                for run in folder.iterdir()):
             raise GancliError(f"hydra.sweep.dir={folder} already holds a sweep's runs; choose a new hydra.sweep.dir, "
                               "or add train.resume=auto to continue its jobs")
         return args, None

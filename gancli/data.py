@@ -152,8 +152,8 @@ def _digits(cfg: DataConfig) -> tuple[torch.Tensor, torch.Tensor]:
     import importlib.util
 
     spec = importlib.util.find_spec("sklearn")
-    path = Path(next(iter(spec.submodule_search_locations or [""]), "")) / "datasets" / "data" / "digits.csv.gz" \
-        if spec is not None else None
+    package = list(spec.submodule_search_locations or []) if spec is not None else []
+    path = Path(package[0], "datasets", "data", "digits.csv.gz") if package else None
     if path is not None and path.is_file():
         table = np.loadtxt(path, delimiter=",", dtype=np.int64)  # (1797, 65)
         pixels, target = table[:, :-1].reshape(-1, 8, 8), table[:, -1]
@@ -279,8 +279,13 @@ def _folder_classes(folder: Path) -> Optional[list[str]]:
     if any(_is_image(p) for p in entries):
         return None
     names = sorted(d.name for d in entries if d.is_dir() and any(
-        _is_image(p) and not any(part.startswith(".") for part in p.relative_to(d).parts) for p in d.rglob("*")))
+        _is_image(p) and _visible(p, d) for p in d.rglob("*")))
     return names or None
+
+
+def _visible(path: Path, root: Path) -> bool:
+    """No part of `path` below `root` is hidden (.DS_Store, .git): hidden files are not the user's data."""
+    return not any(part.startswith(".") for part in path.relative_to(root).parts)
 
 
 MIN_SIDE = 8  # pixels: a smaller image (a 1x1 placeholder, an icon) is not training data
@@ -297,8 +302,7 @@ def _folder(cfg: DataConfig) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     from torchvision.transforms.functional import center_crop, pil_to_tensor, resize
 
     folder = _folder_path(cfg)
-    paths = sorted(p for p in folder.rglob("*") if p.is_file() and not any(
-        part.startswith(".") for part in p.relative_to(folder).parts))  # .DS_Store, .git: not the user's data
+    paths = sorted(p for p in folder.rglob("*") if p.is_file() and _visible(p, folder))
     classes = _folder_classes(folder)
     mode = "L" if cfg.channels == 1 else "RGB"
     images, kept, skipped = [], [], {}

@@ -35,17 +35,18 @@ class _Lock:
     """An open, flock-ed lock file and how many claims of this process hold it."""
 
     def __init__(self, fd: int):
-        self.fd, self.holders = fd, 0
+        self.fd, self.holders = fd, 1
 
 
 _held: dict[Path, _Lock] = {}  # the folders this process has claimed
 
 
-def _lock(run_dir: Path) -> None:
+def _lock(run_dir: Path) -> bool:
+    """Hold `run_dir`'s lock; False when this process held it already (one more claim of it)."""
     key = run_dir.resolve()
     if key in _held:
         _held[key].holders += 1
-        return
+        return False
     path = run_dir / LOCK_NAME
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -65,7 +66,7 @@ def _lock(run_dir: Path) -> None:
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     _held[key] = _Lock(fd)
-    _held[key].holders = 1
+    return True
 
 
 def release(run_dir: Path) -> None:
@@ -83,7 +84,8 @@ def release(run_dir: Path) -> None:
 def claim(run_dir: Path, resume: Optional[str]) -> "RunFolder":
     """Make `run_dir` this process's to write, or fail in one line: it is a file, another process
     trains there, or it holds a run that `train.resume` does not continue. Temporary files left
-    by a killed writer are removed."""
+    by a killed writer are removed. A folder this process holds already (the command line claimed
+    it before Hydra started) is claimed once more, without checking it again."""
     if run_dir.exists() and not run_dir.is_dir():
         raise GancliError(f"hydra.run.dir={run_dir} is a file, not a folder; choose another hydra.run.dir")
     try:
@@ -91,7 +93,8 @@ def claim(run_dir: Path, resume: Optional[str]) -> "RunFolder":
     except OSError as exc:
         raise GancliError(f"cannot make the run folder {run_dir} ({exc.strerror}); choose a writable "
                           "hydra.run.dir") from None
-    _lock(run_dir)
+    if not _lock(run_dir):
+        return RunFolder(run_dir, fresh=False)
     try:
         _check_contents(run_dir, resume)
     except BaseException:
@@ -100,7 +103,7 @@ def claim(run_dir: Path, resume: Optional[str]) -> "RunFolder":
     for folder in (run_dir, run_dir / CHECKPOINT_DIR, run_dir / "samples"):
         for tmp in folder.glob(f".*{TMP_SUFFIX}") if folder.is_dir() else ():
             tmp.unlink(missing_ok=True)  # a write that a kill cut short; the file it was to replace is intact
-    return RunFolder(run_dir)
+    return RunFolder(run_dir, fresh=True)
 
 
 class RunFolder:
@@ -109,8 +112,9 @@ class RunFolder:
     tell the run from one still running. A job that stopped before it trained (`started` still
     false) leaves an earlier run's summary as it was."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, fresh: bool):
         self.path = path
+        self.fresh = fresh  # this claim took the lock and checked the folder (not a repeat claim)
         self.started = False  # set once every check has passed and the run writes its config
         self.t_start = time.perf_counter()
 

@@ -243,15 +243,19 @@ class AccelPlan:
     cuda_graphs: bool
     compile: Optional[str]  # a torch.compile mode, or None
     warmup_steps: int
+    precision: Precision  # what the step computes in: `auto` made concrete (resolve_precision)
+    precision_reason: str  # why: "asked for", or what `auto` saw in the device
     notes: list[str] = field(default_factory=list)  # one line per piece that could not apply
 
     def used(self) -> dict:
-        """The path taken, for summary.json."""
-        return {k: v for k, v in self.__dict__.items() if k != "notes"} | {"notes": list(self.notes)}
+        """The path taken, for summary.json (which records the precision on its own)."""
+        return {k: v for k, v in self.__dict__.items() if k not in ("notes", "precision", "precision_reason")} | {
+            "notes": list(self.notes)}
 
 
 def plan_accel(cfg: AccelConfig, device: torch.device, precision: Precision, has_convs: bool,
-               data_parallel: bool = False, double_backward: bool = False) -> AccelPlan:
+               data_parallel: bool = False, double_backward: bool = False,
+               precision_reason: str = "asked for") -> AccelPlan:
     """Turn the accel config into the plan this device can run, noting every piece left out.
     `double_backward`: D's update differentiates a gradient (a penalty), which CUDA graphs
     capture but torch.compile cannot differentiate."""
@@ -294,6 +298,8 @@ def plan_accel(cfg: AccelConfig, device: torch.device, precision: Precision, has
         cuda_graphs=graphs,
         compile=compile_mode,
         warmup_steps=cfg.warmup_steps,
+        precision=precision,
+        precision_reason=precision_reason,
         notes=notes,
     )
 

@@ -60,10 +60,11 @@ def make_optimizer(
 
 def plan_for(cfg: TrainApp, device: torch.device, data_parallel: bool = False) -> AccelPlan:
     """The accel plan for this run: what its accel config asks, less what its model family, loss,
-    device and precision rule out."""
-    precision, _ = runtime.resolve_precision(device, cfg.precision.name)  # `auto` as this device runs it
+    device and precision rule out, with the precision it computes in (`auto` resolved, once)."""
+    precision, why = runtime.resolve_precision(device, cfg.precision.name)  # `auto` as this device runs it
     return runtime.plan_accel(cfg.accel, device, precision, has_convs=traits(cfg.model).convolutional,
-                              data_parallel=data_parallel, double_backward=cfg.loss.double_backward)
+                              data_parallel=data_parallel, double_backward=cfg.loss.double_backward,
+                              precision_reason=why)
 
 
 class Running:
@@ -89,7 +90,7 @@ class TrainStep:
                  ranks: Optional[Ranks] = None):
         self.ranks = ranks = ranks or Ranks()  # rank 0 of 1: no data parallelism
         self.device, self.plan, self.timer = device, plan, timer
-        self.precision, _ = runtime.resolve_precision(device, cfg.precision.name)  # `auto` as this device runs it
+        self.precision = plan.precision
         self.loss_cfg, self.ema_cfg, self.augment_cfg = cfg.loss, cfg.ema, cfg.augment
         self.batch_size, self.d_steps = cfg.train.batch_size, cfg.train.d_steps
         self.images_per_step = cfg.train.batch_size * ranks.world_size  # G's samples per update, every rank

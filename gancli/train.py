@@ -113,17 +113,18 @@ def check(cfg: TrainApp) -> torch.device:
     return device
 
 
-def resolve_precision(cfg: TrainApp, device: torch.device) -> tuple[TrainApp, str]:
-    """`cfg` with `precision=auto` made concrete for this device (runtime.resolve_precision), and
-    why; what runs, config.yaml, checkpoints and summary.json all see the concrete precision."""
-    precision, why = runtime.resolve_precision(device, cfg.precision.name)
-    return dataclasses.replace(cfg, precision=dataclasses.replace(cfg.precision, name=precision)), why
+def as_planned(cfg: TrainApp, plan: AccelPlan) -> TrainApp:
+    """`cfg` with the precision its plan computes in (`auto` made concrete), so that config.yaml,
+    checkpoints and summary.json record what ran."""
+    return dataclasses.replace(cfg, precision=dataclasses.replace(cfg.precision, name=plan.precision))
 
 
 def claim_run_dir(cfg: TrainApp, run_dir: Path) -> runfolder.RunFolder:
     """Claim the run folder for this process (see runfolder.claim) and check that the checkpoint
     a resume would read fits this config; held until the process ends or the claim is left."""
     folder = runfolder.claim(run_dir, cfg.train.resume)
+    if not folder.fresh:  # checked when this process first claimed it
+        return folder
     try:
         resume_from = _resume_path(cfg.train.resume, run_dir / runfolder.CHECKPOINT_DIR)
         if resume_from is not None:  # the config only: the tensors are mapped, not read
@@ -147,18 +148,16 @@ def _train(cfg: TrainApp, run_dir: Path, folder: Optional[runfolder.RunFolder]) 
     """The run, top to bottom: set-up, resume, the loop, the last checkpoint and the summary."""
     t_start = time.perf_counter()
     device = check(cfg)
-    cfg, precision_why = resolve_precision(cfg, device)
-    precision = cfg.precision.name
+    ranks = runtime.Ranks.current()  # rank 0 of 1 unless torchrun started this process
+    main_rank = ranks.is_main  # the one process that writes files and logs
+    plan = plan_for(cfg, device, data_parallel=ranks.data_parallel)
+    cfg, precision = as_planned(cfg, plan), plan.precision
     runtime.configure_backends(device, precision)
     runtime.seed_everything(cfg.seed)
     steps, batch_size = cfg.train.steps, cfg.train.batch_size
 
-    ranks = runtime.Ranks.current()  # rank 0 of 1 unless torchrun started this process
-    main_rank = ranks.is_main  # the one process that writes files and logs
-
     # Data, networks, optimizers and the step that runs them.
     data = load_data(cfg.data, cfg.seed)
-    plan = plan_for(cfg, device, data_parallel=ranks.data_parallel)
     timer = SectionTimer(device)
     train_step = TrainStep(cfg, data, device, plan, timer, ranks)  # builds G, D, optimizers and batches
     G = train_step.G_sample  # what grids and evaluations sample from: G's moving average, if any
@@ -241,7 +240,7 @@ def _train(cfg: TrainApp, run_dir: Path, folder: Optional[runfolder.RunFolder]) 
     if ranks.data_parallel:
         log.info("data parallel over %d process%s (%s): batch %d per process, %d in all", ranks.world_size,
                  "es" if ranks.world_size > 1 else "", torch.distributed.get_backend(), batch_size, global_batch)
-    log.info("precision %s: %s", precision.value, precision_why)
+    log.info("precision %s: %s", precision.value, plan.precision_reason)
     for note in plan.notes:
         log.info(note)
     if cfg.loss.name is LossName.wasserstein and not cfg.loss.gp_lambda and cfg.model.spectral_norm in (
@@ -335,8 +334,7 @@ def _train(cfg: TrainApp, run_dir: Path, folder: Optional[runfolder.RunFolder]) 
                 where = f"diverged by step {step} ({', '.join(problems)})"
                 if not rollback or counters["rollbacks"] >= cfg.train.max_rollbacks:
                     tried = f" after {counters['rollbacks']} rollback(s)" if rollback else ""
-                    raise Diverged(f"training {where}{tried}; {_last_good(last_ckpt)}. Lower optimizer.lr, use "
-                                   "precision=fp32, or set train.nan_policy=rollback")
+                    raise _diverged(where + tried, last_ckpt)
                 counters.update(run_counters(), rollbacks=counters["rollbacks"] + 1)  # the discarded step's skips count
                 del train_step, G
                 train_step, step = _roll_back(cfg, data, device, plan, timer, ranks, last_ckpt, counters["rollbacks"])
@@ -379,8 +377,7 @@ def _train(cfg: TrainApp, run_dir: Path, folder: Optional[runfolder.RunFolder]) 
             return {"status": status, "steps": step, "loss_d": stats["loss_d"], "loss_g": stats["loss_g"],
                     "objective": objective({"loss_g": stats["loss_g"]})}
         if not train_step.weights_finite():  # stopped between checks (Ctrl-C, say): keep the last good checkpoint
-            raise Diverged(f"training diverged by step {step} (non-finite weights); {_last_good(last_ckpt)}. Lower "
-                           "optimizer.lr, use precision=fp32, or set train.nan_policy=rollback")
+            raise _diverged(f"diverged by step {step} (non-finite weights)", last_ckpt)
         save_checkpoint(step, keep=False)
         if not (samples_dir / f"step_{step:06d}.png").exists():
             write_samples(step)
@@ -412,7 +409,7 @@ def _train(cfg: TrainApp, run_dir: Path, folder: Optional[runfolder.RunFolder]) 
         "replica_checksums": checksums,
         "device": runtime.describe(device),
         "precision": precision.value,
-        "precision_reason": precision_why,  # why precision=auto chose it, or "asked for"
+        "precision_reason": plan.precision_reason,  # why precision=auto chose it, or "asked for"
         "accel": plan.used(),
         "resumed_from": str(resume_from) if resume_from else None,
         "run_dir": str(run_dir),
@@ -479,8 +476,11 @@ def _load(train_step: TrainStep, state: dict[str, Any], path: Path) -> None:
                           "or start a new run") from None
 
 
-def _last_good(path: Path) -> str:
-    return f"the last good checkpoint is {path}" if path.is_file() else "no checkpoint had been saved"
+def _diverged(what: str, last_ckpt: Path) -> Diverged:
+    """The one line that ends a diverged run: what diverged, where its last good checkpoint is, the fixes."""
+    kept = f"the last good checkpoint is {last_ckpt}" if last_ckpt.is_file() else "no checkpoint had been saved"
+    return Diverged(f"training {what}; {kept}. Lower optimizer.lr, use precision=fp32, or set "
+                    "train.nan_policy=rollback")
 
 
 def _divergence(stats: dict[str, float], limit: float) -> list[str]:

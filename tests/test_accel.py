@@ -340,9 +340,29 @@ def test_cpu_bf16_probe_agrees_with_linux_cpu_flags():
     assert (runtime.cpu_bf16_feature() is not None) == has
 
 
+def _cores_in_cpuinfo() -> int | None:
+    """Distinct (physical id, core id) pairs in Linux's /proc/cpuinfo, or None where it has none."""
+    path = Path("/proc/cpuinfo")
+    if not path.is_file():
+        return None
+    cores, package = set(), None
+    for line in path.read_text().splitlines():
+        key, _, value = (part.strip() for part in line.partition(":"))
+        if key == "physical id":
+            package = value
+        elif key == "core id":
+            cores.add((package, value))
+    return len(cores) or None
+
+
 def test_cpu_threads_default_to_the_physical_cores(monkeypatch):
     cores = runtime.physical_cores()
-    assert 1 <= cores <= (os.cpu_count() or 1)
+    listed = _cores_in_cpuinfo()
+    ours = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    if listed is not None and ours == os.cpu_count():  # every CPU is ours: all its cores count
+        assert cores == listed  # the topology files and /proc/cpuinfo agree
+    else:
+        assert cores >= 1
     before = torch.get_num_threads()
     try:
         monkeypatch.delenv("OMP_NUM_THREADS")
