@@ -143,3 +143,60 @@ def test_packed_training_runs_with_penalties_and_augmentation(tmp_path, override
     summary = train(cfg, tmp_path / "run")
     assert summary["status"] == "completed" and summary["steps"] == 4
     assert all(torch.isfinite(torch.tensor(float(summary["stats"][key]))) for key in ("loss_d", "loss_g", "r1"))
+
+
+def _as_torch_computes_it(layer: torch.nn.Module) -> torch.nn.Module:
+    """The same layer as plain nn.Conv2d / nn.ConvTranspose2d, with the same weights."""
+    from gancli.models.base import ConvToPoint, ConvTransposeFromPoint
+
+    plain = {ConvToPoint: torch.nn.Conv2d, ConvTransposeFromPoint: torch.nn.ConvTranspose2d}[type(layer)]
+    twin = plain(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
+                 bias=layer.bias is not None)
+    twin.load_state_dict(layer.state_dict())
+    return twin
+
+
+@pytest.mark.parametrize("kind", ["from_point", "to_point"])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("bias", [False, True])
+def test_the_matrix_product_layers_compute_their_convolution(kind, layout, bias):
+    # the same outputs, input gradients and weight gradients as torch's convolution, in any layout
+    from gancli.models.base import ConvToPoint, ConvTransposeFromPoint
+
+    torch.manual_seed(0)
+    if kind == "from_point":  # G's first layer: (B, 6, 1, 1) -> (B, 5, 4, 4)
+        layer, x = ConvTransposeFromPoint(6, 5, 4, 1, 0, bias=bias), torch.randn(3, 6, 1, 1)
+    else:  # D's last: (B, 6, 4, 4) -> (B, 2, 1, 1)
+        layer, x = ConvToPoint(6, 2, 4, 1, 0, bias=bias), torch.randn(3, 6, 4, 4)
+    twin = _as_torch_computes_it(layer)
+    layer.to(memory_format=layout)
+    outs, grads = [], []
+    for net in (layer, twin):
+        xi = x.clone().contiguous(memory_format=layout).requires_grad_(True)
+        y = net(xi)
+        y.pow(2).sum().backward()
+        outs.append(y)
+        grads.append([xi.grad] + [p.grad for p in net.parameters()])
+    assert outs[0].shape == outs[1].shape
+    torch.testing.assert_close(outs[0], outs[1])
+    for mine, theirs in zip(*grads):
+        torch.testing.assert_close(mine, theirs)
+    assert type(layer).__mro__[1] is type(twin)  # a checkpoint of either loads into the other
+
+
+def test_the_matrix_product_layers_fall_back_to_the_convolution_elsewhere():
+    from gancli.models.base import ConvToPoint, ConvTransposeFromPoint
+
+    torch.manual_seed(0)
+    up, down = ConvTransposeFromPoint(3, 2, 4, 2, 1), ConvToPoint(3, 2, 4, 1, 0)
+    x = torch.randn(2, 3, 5, 5)  # not 1x1, not the kernel's size
+    torch.testing.assert_close(up(x), _as_torch_computes_it(up)(x))
+    torch.testing.assert_close(down(x), _as_torch_computes_it(down)(x))
+
+
+def test_dcgan_uses_the_matrix_product_layers_at_its_ends():
+    from gancli.models.base import ConvToPoint, ConvTransposeFromPoint
+
+    G, D = build_models(DCGANModel(g_width=8, d_width=8), (3, 64, 64))
+    assert isinstance(G.net[0], ConvTransposeFromPoint) and isinstance(D.net[-1], ConvToPoint)
+    assert [type(m) for m in G.modules()].count(ConvTransposeFromPoint) == 1

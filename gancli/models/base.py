@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Optional
 
+import torch
 from torch import Tensor, nn
 
 from gancli.errors import GancliError, at_least
@@ -135,3 +136,49 @@ class ClassSequential(nn.Sequential):
         for layer in self:
             x = layer(x, c) if getattr(layer, "takes_class", False) else layer(x)
         return x
+
+
+# ---- convolutions that are matrix products: the same weights, computed as what they are ----
+
+def _channels_last(t: Tensor) -> bool:
+    return t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last)
+
+
+class ConvTransposeFromPoint(nn.ConvTranspose2d):
+    """nn.ConvTranspose2d that, on a 1x1 input without padding, runs as the matrix product it is:
+    (B, C_in, 1, 1) -> (B, C_in) @ (C_in, C_out * k * k) -> (B, C_out, k, k). Its weight,
+    checkpoints and gradients are nn.ConvTranspose2d's; oneDNN's transposed convolution of this
+    shape runs at a twentieth of a matrix product's rate on the CPU (docs/benchmarks.md). Any
+    other input goes to nn.ConvTranspose2d."""
+
+    def forward(self, x: Tensor, output_size: Optional[list[int]] = None) -> Tensor:
+        if (x.dim() != 4 or x.shape[-2:] != (1, 1) or output_size is not None or self.groups != 1
+                or any(self.padding) or any(self.output_padding) or self.dilation != (1, 1)):
+            return super().forward(x, output_size)
+        w = self.weight  # (C_in, C_out, kh, kw)
+        kh, kw = self.kernel_size
+        if _channels_last(w):  # its memory is (C_in, kh, kw, C_out): a channels-last output without a copy
+            y = (x.flatten(1) @ w.permute(0, 2, 3, 1).flatten(1)).view(len(x), kh, kw, -1).permute(0, 3, 1, 2)
+        else:
+            y = (x.flatten(1) @ w.flatten(1)).view(len(x), -1, kh, kw)
+        return y if self.bias is None else y + self.bias[:, None, None].to(y.dtype)
+
+
+class ConvToPoint(nn.Conv2d):
+    """nn.Conv2d that, when its kernel covers its unpadded input, runs as the matrix product it
+    is: (B, C_in, k, k) -> (B, C_in * k * k) @ (C_in * k * k, C_out) -> (B, C_out, 1, 1). Its
+    weight, checkpoints and gradients are nn.Conv2d's; oneDNN's convolution of this shape runs
+    far below a matrix product's rate on the CPU (docs/benchmarks.md). Any other input goes to
+    nn.Conv2d."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if (x.dim() != 4 or x.shape[-2:] != self.kernel_size or self.groups != 1 or self.padding != (0, 0)
+                or self.dilation != (1, 1) or self.padding_mode != "zeros"):
+            return super().forward(x)
+        w = self.weight  # (C_out, C_in, kh, kw)
+        if _channels_last(x):  # flatten both in (kh, kw, C_in) order: a view of x, no copy
+            y = x.permute(0, 2, 3, 1).flatten(1) @ w.permute(0, 2, 3, 1).flatten(1).T
+        else:
+            y = x.flatten(1) @ w.flatten(1).T
+        y = y if self.bias is None else y + self.bias.to(y.dtype)
+        return y[:, :, None, None]  # (B, C_out, 1, 1)

@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from gancli.errors import at_least
-from gancli.models.base import ClassSequential, ModelConfig, Projection, Traits, batch_norm
+from gancli.models.base import (ClassSequential, ConvToPoint, ConvTransposeFromPoint, ModelConfig, Projection, Traits,
+                                batch_norm)
 
 
 @dataclass
@@ -58,7 +59,7 @@ class Generator(nn.Module):
         n_in = cfg.z_dim * (2 if n_classes else 1)
         # (B, z, 1, 1) -> (B, width, base, base)
         layers: list[nn.Module] = [
-            nn.ConvTranspose2d(n_in, width, base, 1, 0, bias=False),
+            ConvTransposeFromPoint(n_in, width, base, 1, 0, bias=False),  # a matrix product
             batch_norm(width, n_classes),
             nn.ReLU(True),
         ]
@@ -86,7 +87,7 @@ class Discriminator(nn.Module):
         for _ in range(downs - 1):
             layers += [nn.Conv2d(width, width * 2, 4, 2, 1, bias=False), nn.BatchNorm2d(width * 2), nn.LeakyReLU(0.2, True)]
             width *= 2
-        layers += [nn.Conv2d(width, 1, base, 1, 0, bias=False)]  # (B, 1, 1, 1) logits
+        layers += [ConvToPoint(width, 1, base, 1, 0, bias=False)]  # (B, 1, 1, 1) logits, a matrix product
         self.net = nn.Sequential(*layers)
         # the class term reads D's last feature map, summed over space: (B, width)
         self.project = Projection(n_classes, width) if n_classes else None
