@@ -148,7 +148,7 @@ class ConvTransposeFromPoint(nn.ConvTranspose2d):
     """nn.ConvTranspose2d that, on a 1x1 input without padding, runs as the matrix product it is:
     (B, C_in, 1, 1) -> (B, C_in) @ (C_in, C_out * k * k) -> (B, C_out, k, k). Its weight,
     checkpoints and gradients are nn.ConvTranspose2d's; oneDNN's transposed convolution of this
-    shape runs at a twentieth of a matrix product's rate on the CPU (docs/benchmarks.md). Any
+    shape runs at a sixth to a tenth of a matrix product's rate on the CPU (docs/benchmarks.md). Any
     other input goes to nn.ConvTranspose2d."""
 
     def forward(self, x: Tensor, output_size: Optional[list[int]] = None) -> Tensor:
