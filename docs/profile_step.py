@@ -18,7 +18,7 @@ from hydra import compose, initialize_config_module
 from torch.profiler import ProfilerActivity, profile
 
 from gancli import runtime
-from gancli.bench import prepare
+from gancli.bench import prepare, warmup_steps
 from gancli.config import to_typed
 
 
@@ -36,7 +36,8 @@ def main() -> None:
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     runtime.synchronize(device)
     with profile(activities=activities, record_shapes=True) as prof:
-        for k in range(args.warmup, args.warmup + args.steps):
+        start = warmup_steps(args.warmup, train_step.plan)  # the index after the warm-up's steps
+        for k in range(start, start + args.steps):
             train_step(k)
         runtime.synchronize(device)
     out = Path(args.out)

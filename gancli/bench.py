@@ -25,6 +25,7 @@ from gancli.console import table_console
 from gancli.data import load_data
 from gancli.errors import GancliError, user_errors
 from gancli.files import write_csv, write_json
+from gancli.runtime import AccelPlan
 from gancli.step import TrainStep, plan_for, step_flops
 from gancli.timing import SectionTimer
 
@@ -115,6 +116,12 @@ def _failed_row(accel: str, batch_size: int, precision: str, exc: Exception, log
             "error": f"{type(exc).__name__}: {message}"[:300]}
 
 
+def warmup_steps(warmup: int, plan: AccelPlan) -> int:
+    """The untimed steps before timing: `warmup`, and at least what CUDA graphs need to warm up
+    and capture; the timed steps start at this index."""
+    return max(warmup, plan.warmup_steps + 2)
+
+
 def prepare(cfg: BenchApp, warmup: int, data_cache: dict,
             timer_cls: type = SectionTimer) -> tuple[TrainStep, torch.device, Any, BenchApp]:
     """A variant's training step, built and run through `warmup` untimed steps (graph capture and
@@ -136,7 +143,7 @@ def prepare(cfg: BenchApp, warmup: int, data_cache: dict,
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
     train_step = TrainStep(cfg, data, device, plan, timer_cls(device))
-    for k in range(max(warmup, plan.warmup_steps + 2)):  # graphs need their warm-up and capture
+    for k in range(warmup_steps(warmup, plan)):
         train_step(k)
     return train_step, device, data, cfg
 
@@ -147,7 +154,7 @@ def time_variant(cfg: BenchApp, warmup: int, steps: int, repeats: int, data_cach
     `timer_cls` times the step's sections as training does (NullTimer: not at all)."""
     train_step, device, data, cfg = prepare(cfg, warmup, data_cache, timer_cls)
     precision, plan, timer = cfg.precision.name, train_step.plan, train_step.timer
-    k = max(warmup, plan.warmup_steps + 2)
+    k = warmup_steps(warmup, plan)
     times = []
     for _ in range(repeats):
         runtime.synchronize(device)

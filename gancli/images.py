@@ -19,7 +19,7 @@ PADDING = 2  # pixels of black between the images of a grid, and around them
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
     """float (N, C, H, W) in [-1, 1] -> uint8 (N, H, W, C), rounded to the nearest level."""
-    x = images.detach().float().cpu().clamp(-1, 1).add(1).mul(127.5).add(0.5).clamp(0, 255)
+    x = images.detach().float().cpu().clamp(-1, 1).add(1).mul(127.5).add(0.5)  # [0.5, 255.5]: truncation rounds
     return x.to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
