@@ -18,7 +18,7 @@ from hydra import compose, initialize_config_module
 from torch.profiler import ProfilerActivity, profile
 
 from gancli import runtime
-from gancli.bench import prepare, warmup_steps
+from gancli.bench import prepare
 from gancli.config import to_typed
 
 
@@ -31,20 +31,20 @@ def main() -> None:
     args = parser.parse_intermixed_args()
     with initialize_config_module("gancli.configs", version_base="1.3"):
         cfg = to_typed(compose("bench", overrides=args.overrides))
-    train_step, device, _, cfg = prepare(cfg, args.warmup, {})
+    run = prepare(cfg, args.warmup, {})
+    device, plan, cfg = run.device, run.plan, run.cfg
     cuda = device.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     runtime.synchronize(device)
     with profile(activities=activities, record_shapes=True) as prof:
-        start = warmup_steps(args.warmup, train_step.plan)  # the index after the warm-up's steps
-        for k in range(start, start + args.steps):
-            train_step(k)
+        for _ in range(args.steps):
+            run.execute()
         runtime.synchronize(device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     key = "self_cuda_time_total" if cuda else "self_cpu_time_total"
-    title = (f"{cfg.model.name}, batch {cfg.train.batch_size}, {cfg.precision.name.value}, accel={train_step.plan.name}"
-             f"{' (CUDA graphs)' if train_step.plan.cuda_graphs else ''}, {runtime.describe(device)}, "
+    title = (f"{cfg.model.name}, batch {cfg.train.batch_size}, {cfg.precision.name.value}, accel={plan.name}"
+             f"{' (CUDA graphs)' if plan.cuda_graphs else ''}, {runtime.describe(device)}, "
              f"torch {torch.__version__}: {args.steps} steps\n")
     table = prof.key_averages().table(sort_by=key, row_limit=60, max_name_column_width=60)
     (out / "ops.txt").write_text(title + table)

@@ -19,14 +19,14 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 from rich.table import Table
 
-from gancli import runtime, train
+from gancli import runtime
+from gancli.accel import AccelPlan
 from gancli.config import BenchApp, Precision, to_typed
 from gancli.console import table_console
 from gancli.data import load_data
 from gancli.errors import GancliError, user_errors
 from gancli.files import write_csv, write_json
-from gancli.runtime import AccelPlan
-from gancli.step import TrainStep, plan_for, step_flops
+from gancli.run import Run, check as check_run, setup
 from gancli.timing import SectionTimer
 
 log = logging.getLogger(__name__)
@@ -70,8 +70,8 @@ def check(cfg: BenchApp) -> None:
         if name not in Precision.__members__:
             raise GancliError(f"precision={name} is not an option; choose from: {', '.join(Precision.__members__)}")
         for size in cfg.bench.batch_size:  # the sizes timed, not train.batch_size, which bench does not use
-            train.check(replace(cfg, precision=replace(cfg.precision, name=Precision[name]),
-                                train=replace(cfg.train, batch_size=size)))
+            check_run(replace(cfg, precision=replace(cfg.precision, name=Precision[name]),
+                              train=replace(cfg.train, batch_size=size)))
 
 
 def bench(cfg: BenchApp, run_dir: Path, overrides: list[str]) -> list[dict[str, Any]]:
@@ -80,7 +80,7 @@ def bench(cfg: BenchApp, run_dir: Path, overrides: list[str]) -> list[dict[str, 
     rows: list[dict[str, Any]] = []
     data_cache: dict[str, Any] = {}
     for batch_size in cfg.bench.batch_size:
-        for precision in cfg.bench.precision:
+        for precision, computes in _precisions(cfg):
             for accel in cfg.bench.accel:
                 extra = [f"accel={accel}", f"precision={precision}", f"train.batch_size={batch_size}"]
                 variant = to_typed(compose(CONFIG_NAME, overrides=[*overrides, *extra]))
@@ -88,10 +88,10 @@ def bench(cfg: BenchApp, run_dir: Path, overrides: list[str]) -> list[dict[str, 
                     rows.append(time_variant(variant, cfg.bench.warmup, cfg.bench.steps, cfg.bench.repeats,
                                              data_cache))
                 except Exception as exc:  # one broken variant (a failed graph capture, say) leaves the rest timed
-                    rows.append(_failed_row(accel, batch_size, precision, exc, run_dir / "bench_errors.txt"))
-                    log.error("%s batch %d %s failed: %s", accel, batch_size, precision, rows[-1]["error"])
+                    rows.append(_failed_row(accel, batch_size, computes, exc, run_dir / "bench_errors.txt"))
+                    log.error("%s batch %d %s failed: %s", accel, batch_size, computes, rows[-1]["error"])
                     continue
-                log.info("%s batch %d %s: %.2f ms/step, %.0f img/s", accel, batch_size, precision,
+                log.info("%s batch %d %s: %.2f ms/step, %.0f img/s", accel, batch_size, computes,
                          rows[-1]["ms_per_step"], rows[-1]["img_per_s"])
     for row in rows:
         row["speedup"] = _speedup(row, rows)
@@ -104,6 +104,18 @@ def bench(cfg: BenchApp, run_dir: Path, overrides: list[str]) -> list[dict[str, 
         raise GancliError(f"{len(failed)} of {len(rows)} variants failed (rows marked in bench.json); "
                           f"tracebacks in {run_dir / 'bench_errors.txt'}")
     return rows
+
+
+def _precisions(cfg: BenchApp) -> list[tuple[str, str]]:
+    """(name, the precision this device computes it in) for each of bench.precision, each computed
+    precision once: `auto` (what `gancli train` runs by default) is left out where it means one
+    timed already (fp32, on a device without native bf16)."""
+    device = runtime.resolve_device(cfg.device)
+    chosen: dict[str, str] = {}  # computed -> name
+    for name in cfg.bench.precision:
+        concrete, _ = runtime.resolve_precision(device, Precision[name])
+        chosen.setdefault(concrete.value, name)
+    return [(name, computes) for computes, name in chosen.items()]
 
 
 def _failed_row(accel: str, batch_size: int, precision: str, exc: Exception, log_file: Path) -> dict[str, Any]:
@@ -122,62 +134,54 @@ def warmup_steps(warmup: int, plan: AccelPlan) -> int:
     return max(warmup, plan.warmup_steps + 2)
 
 
-def prepare(cfg: BenchApp, warmup: int, data_cache: dict,
-            timer_cls: type = SectionTimer) -> tuple[TrainStep, torch.device, Any, BenchApp]:
-    """A variant's training step, built and run through `warmup` untimed steps (graph capture and
-    compilation happen there): (the step, its device, the data, `cfg` with its precision made
-    concrete). `data_cache` keeps one data set across variants."""
-    # the last variant's step, finished or failed, sits in reference cycles: free it first
+def prepare(cfg: BenchApp, warmup: int, data_cache: dict, timer_cls: type = SectionTimer) -> Run:
+    """A variant's run, set up as `gancli train` sets it up and stepped through `warmup` untimed
+    steps (graph capture and compilation happen there). `data_cache` keeps one data set across
+    variants."""
+    # the last variant's run, finished or failed, sits in reference cycles: free it first
     gc.collect()
-    device = train.check(cfg)
-    plan = plan_for(cfg, device)
-    cfg = train.as_planned(cfg, plan)
-    runtime.configure_backends(device, plan.precision)
-    runtime.seed_everything(cfg.seed)
     key = repr(cfg.data)
     if key not in data_cache:
         data_cache.clear()  # one data set in memory at a time
         data_cache[key] = load_data(cfg.data, cfg.seed)
-    data = data_cache[key]
-    if device.type == "cuda":
+    if torch.cuda.is_available():
         torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-    train_step = TrainStep(cfg, data, device, plan, timer_cls(device))
-    for k in range(warmup_steps(warmup, plan)):
-        train_step(k)
-    return train_step, device, data, cfg
+    run = setup(cfg, data=data_cache[key], timer_cls=timer_cls)
+    if run.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(run.device)
+    for _ in range(warmup_steps(warmup, run.plan)):
+        run.execute()
+    return run
 
 
 def time_variant(cfg: BenchApp, warmup: int, steps: int, repeats: int, data_cache: dict,
                  timer_cls: type = SectionTimer) -> dict[str, Any]:
     """Median time of `repeats` runs of `steps` training steps, after untimed warm-up steps.
-    `timer_cls` times the step's sections as training does (NullTimer: not at all)."""
-    train_step, device, data, cfg = prepare(cfg, warmup, data_cache, timer_cls)
-    precision, plan, timer = cfg.precision.name, train_step.plan, train_step.timer
-    k = warmup_steps(warmup, plan)
+    `timer_cls` times the step's sections as training does (a timer that records nothing: not at all)."""
+    run = prepare(cfg, warmup, data_cache, timer_cls)
+    device, plan, precision = run.device, run.plan, run.plan.precision
     times = []
     for _ in range(repeats):
         runtime.synchronize(device)
         t0 = time.perf_counter()
         for _ in range(steps):
-            train_step(k)
-            k += 1
+            run.execute()
         runtime.synchronize(device)
-        timer.read()  # what training does once per log interval
+        run.execute.timer.read()  # what training does once per log interval
         times.append((time.perf_counter() - t0) / steps)
-    stats = train_step.take_stats()
+    stats = run.execute.take_stats()
     seconds = statistics.median(times)
-    peak, _ = runtime.peak_flops(device, precision)
-    row = {
+    batch_size = run.cfg.train.batch_size
+    return {
         "variant": plan.name + (f"+compile:{plan.compile}" if plan.compile else ""),
-        "batch_size": cfg.train.batch_size,
+        "batch_size": batch_size,
         "precision": precision.value,
         "ms_per_step": round(seconds * 1e3, 3),
-        "img_per_s": round(cfg.train.batch_size / seconds, 1),
+        "img_per_s": round(batch_size / seconds, 1),
         "speedup": None,
-        "mfu": round(step_flops(cfg, data.shape) / seconds / peak, 5),
+        "mfu": round(run.meter.flops_per_step / seconds / run.meter.peak_flops, 5),
         "peak_mem_mb": round(runtime.peak_memory_mb(device), 1),
-        "setup_s": round(train_step.setup_s, 3),
+        "setup_s": round(run.execute.setup_s, 3),
         "cuda_graphs": plan.cuda_graphs,
         "compile": plan.compile,
         "notes": "; ".join(plan.notes),
@@ -186,7 +190,6 @@ def time_variant(cfg: BenchApp, warmup: int, steps: int, repeats: int, data_cach
         "device": runtime.describe(device),
         "torch": torch.__version__,
     }
-    return row
 
 
 def _speedup(row: dict[str, Any], rows: list[dict[str, Any]]) -> Optional[float]:

@@ -26,25 +26,13 @@ def save(state: dict[str, Any], path: Path) -> None:
         os.fsync(f.fileno())  # on disk before the rename makes it visible
 
 
-def find(path: str | Path) -> Path:
-    """A checkpoint file, or a run folder's checkpoints/last.pt."""
+def load(path: str | Path, mmap: bool = False) -> dict[str, Any]:
+    """Read the gancli checkpoint file at `path` onto the CPU, or fail with one clear line. `mmap`
+    maps the tensors instead of reading them, for a caller that only looks at the config.
+    (runfolder.find_checkpoint finds a run folder's.)"""
     path = Path(path).expanduser()
-    if path.is_dir():
-        candidate = path / "checkpoints" / "last.pt"
-        if not candidate.is_file() and (path / "last.pt").is_file():
-            candidate = path / "last.pt"  # the checkpoints folder itself
-        if not candidate.is_file():
-            raise GancliError(f"no checkpoint in {path}: expected {path / 'checkpoints' / 'last.pt'}")
-        return candidate
     if not path.is_file():
         raise GancliError(f"no checkpoint at {path}: give a .pt file or a run folder")
-    return path
-
-
-def load(path: str | Path, mmap: bool = False) -> dict[str, Any]:
-    """Read a gancli checkpoint onto the CPU, or fail with one clear line. `mmap` maps the tensors
-    instead of reading them, for a caller that only looks at the config."""
-    path = find(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
@@ -61,8 +49,3 @@ def load(path: str | Path, mmap: bool = False) -> dict[str, Any]:
     if state.get("version", 0) > VERSION:
         raise GancliError(f"{path} was written by a newer gancli (format {state['version']}); upgrade gancli")
     return state
-
-
-def run_dir_of(path: Path) -> Path:
-    """The run folder a checkpoint file belongs to (the parent of checkpoints/)."""
-    return path.parent.parent if path.parent.name == "checkpoints" else path.parent

@@ -15,13 +15,13 @@ import re
 import sys
 from typing import TYPE_CHECKING, Any, NamedTuple, Optional
 
-from gancli.errors import GancliError, user_errors
+from gancli.errors import GancliError, fail, user_errors
 
 if TYPE_CHECKING:
     from pathlib import Path
 
 COMMANDS = {
-    "train": ("gancli.train", "train a GAN (gancli train model=seed data=mnist device=cuda)"),
+    "train": ("gancli.train", "train a GAN (gancli train model=classic data=mnist device=cuda)"),
     "sample": ("gancli.sample", "images from a checkpoint (gancli sample ckpt=outputs/<run> n=64)"),
     "eval": ("gancli.evaluate", "quality and mode-collapse metrics of a checkpoint (gancli eval ckpt=outputs/<run>)"),
     "bench": ("gancli.bench", "time accel x precision x batch size (gancli bench train.batch_size=64,256)"),
@@ -60,7 +60,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         return
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
-        _fail(f"unknown command '{command}'; use one of: {', '.join(COMMANDS)} (gancli --help)")
+        fail(f"unknown command '{command}'; use one of: {', '.join(COMMANDS)} (gancli --help)")
     module = importlib.import_module(COMMANDS[command][0])
     if command == "report":  # not a Hydra app: plain arguments, nothing to preflight
         with user_errors():
@@ -82,7 +82,7 @@ def main(argv: Optional[list[str]] = None) -> None:
             if command == "train":
                 rest, claimed = claim_run_folders(rest, checked)
     except GancliError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     sys.argv = [f"gancli {command}", *rest]
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
@@ -97,7 +97,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         print("gancli: interrupted", file=sys.stderr)
         sys.exit(130)
     except (HydraException, OmegaConfBaseException, YAMLError) as exc:  # a config Hydra could not compose
-        _fail(one_line(exc))
+        fail(one_line(exc))
     finally:
         if claimed is not None:
             from gancli.runfolder import release
@@ -108,7 +108,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         else:
             os.environ["HYDRA_FULL_ERROR"] = full_error
         if torchrun:
-            from gancli.runtime import close_distributed
+            from gancli.distributed import close_distributed
 
             close_distributed()
 
@@ -136,19 +136,21 @@ def claim_run_folders(args: list[str], checked: list[Job]) -> tuple[list[str], O
     arguments for Hydra and the claimed folder, if any."""
     from pathlib import Path
 
-    from gancli import runfolder, runtime, train
+    from gancli import runfolder
+    from gancli.distributed import Ranks
+    from gancli.run import claim_run_dir
 
     folder = Path(checked[0].folder)
     if "-m" in args or "--multirun" in args:
         if any(job.cfg.train.resume is None for job in checked) and folder.is_dir() and any(
-                (run / runfolder.CHECKPOINT_DIR / "last.pt").exists() or (run / runfolder.SUMMARY).exists()
+                runfolder.last_checkpoint(run).exists() or (run / runfolder.SUMMARY).exists()
                 for run in folder.iterdir()):
             raise GancliError(f"hydra.sweep.dir={folder} already holds a sweep's runs; choose a new hydra.sweep.dir, "
                               "or add train.resume=auto to continue its jobs")
         return args, None
-    if not runtime.Ranks.current().is_main:  # rank 0 alone writes the folder
+    if not Ranks.current().is_main:  # rank 0 alone writes the folder
         return args, None
-    train.claim_run_dir(checked[0].cfg, folder)
+    claim_run_dir(checked[0].cfg, folder)
     try:
         return _pin(args, "hydra.run.dir", str(folder)), folder
     except GancliError:
@@ -166,12 +168,12 @@ def _pin(args: list[str], key: str, value: str) -> list[str]:
 def join_process_group(args: list[str], checked: list[Job]) -> list[str]:
     """torchrun starts one gancli per device. They join one process group, and all use the run
     folder rank 0 picks: only rank 0 writes Hydra's files and the logs."""
-    from gancli import runtime
+    from gancli.distributed import Ranks, init_distributed
 
     if len(checked) != 1 or "-m" in args or "--multirun" in args:
         raise GancliError("torchrun runs one training job: drop -m (to sweep, run torchrun once per job)")
-    runtime.init_distributed(checked[0].cfg.device.type)
-    ranks = runtime.Ranks.current()
+    init_distributed(checked[0].cfg.device.type)
+    ranks = Ranks.current()
     args = _pin(args, "hydra.run.dir", ranks.broadcast(checked[0].folder if ranks.is_main else None))
     if not ranks.is_main:
         args += ["hydra.output_subdir=null", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
@@ -182,11 +184,6 @@ def _device_index(arg: str) -> list[str]:
     """`device=cuda:1`, as torch spells it, is `device=cuda device.index=1`."""
     match = re.fullmatch(r"device=cuda:(\d+)", arg)
     return ["device=cuda", f"device.index={match.group(1)}"] if match else [arg]
-
-
-def _fail(message: str) -> None:
-    print(f"gancli: error: {message}", file=sys.stderr)
-    sys.exit(2)
 
 
 class Job(NamedTuple):

@@ -321,7 +321,8 @@ class BenchConfig:
     """The matrix `gancli bench` times: every accel x precision x batch size."""
 
     accel: list[str] = field(default_factory=lambda: ["baseline", "eager", "fast"])
-    precision: list[str] = field(default_factory=lambda: ["fp32"])
+    # fp32 beside what `gancli train` runs by default (precision=auto: bf16 where the device computes it natively)
+    precision: list[str] = field(default_factory=lambda: ["fp32", "auto"])
     batch_size: list[int] = field(default_factory=lambda: [64])
     warmup: int = 10  # untimed steps per variant (CUDA graphs are captured here)
     steps: int = 30  # timed steps per repeat

@@ -103,6 +103,17 @@ def check(cfg: DataConfig) -> None:
         _folder_path(cfg)
 
 
+def check_evaluable(cfg: DataConfig, every: int) -> None:
+    """eval.every needs a data set that the metrics can measure against."""
+    from gancli.config import LABELLED, MIXTURES
+
+    if every and cfg.name not in LABELLED | MIXTURES:
+        raise GancliError(
+            f"eval.every needs a labelled data set ({', '.join(sorted(d.value for d in LABELLED))}) or ring/grid, "
+            f"not data={cfg.name.value}; set eval.every=0"
+        )
+
+
 def load_data(cfg: DataConfig, seed: int) -> Data:
     """Load (or, for mixtures, draw) the whole data set named by the config."""
     check(cfg)

@@ -3,7 +3,7 @@ the range checks that raise it."""
 
 import contextlib
 import sys
-from typing import Any, Iterator
+from typing import Any, Iterator, NoReturn
 
 
 class GancliError(Exception):
@@ -14,14 +14,19 @@ class Diverged(GancliError):
     """Training diverged (NaN, inf, or losses beyond the run's limit) and was stopped."""
 
 
+def fail(message: str) -> NoReturn:
+    """The one line a user error ends in, on stderr, and exit status 2."""
+    print(f"gancli: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
-    """Turn a GancliError into one line on stderr and exit status 2."""
+    """Turn a GancliError into `fail`'s one line."""
     try:
         yield
     except GancliError as exc:
-        print(f"gancli: error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        fail(str(exc))
 
 
 def require(ok: bool, key: str, value: Any, allowed: str) -> None:

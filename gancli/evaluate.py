@@ -1,28 +1,26 @@
-"""`gancli eval`, and `evaluate`, which training calls every `eval.every` steps."""
+"""`gancli eval`: the quality and mode-collapse metrics of a checkpoint's generator (quality.py)."""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import hydra
-import torch
 from omegaconf import DictConfig
 from rich.table import Table
 
-from gancli import checkpoint, runtime
-from gancli.classifier import FEATURES, VERSION, reference_classifier
+from gancli import runtime
+from gancli.config import EvalApp, to_typed, train_config_from_plain
 from gancli.console import table_console
-from gancli.config import DataConfig, DataName, EvalApp, to_typed, train_config_from_plain
-from gancli.data import Data, load_data, to_model
-from gancli.errors import GancliError, user_errors
-from gancli.files import write_json
+from gancli.data import load_data
+from gancli.files import check_out_folder, write_json
+from gancli.generator import generate, load_generator
 from gancli.images import save_scatter
-from gancli.inception import find_weights, inception_metrics
-from gancli.metrics import (class_metrics, density_coverage, frechet_distance, mixture_metrics, per_class_fd,
-                            precision_recall, stacked_metrics)
-from gancli.sample import check_out_folder, even_labels, generate_batches, load_generator
+from gancli.inception import find_weights
+from gancli.errors import user_errors
+from gancli.quality import evaluate
+from gancli.runfolder import find_checkpoint, run_dir_of
 
 log = logging.getLogger(__name__)
 
@@ -38,100 +36,9 @@ def main(cfg: DictConfig) -> None:
 def check(cfg: EvalApp) -> None:
     """Start-up checks that read nothing: the device, the checkpoint and any weights file must exist."""
     runtime.resolve_device(cfg.device)
-    checkpoint.find(cfg.ckpt)
+    find_checkpoint(cfg.ckpt)
     check_out_folder(cfg.out)
     find_weights(cfg.inception_weights)
-
-
-def generate(G: torch.nn.Module, n: int, device: torch.device, seed: int,
-             batch_size: int = 500) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """n samples from G in eval mode (float32, on the CPU), from noise of their own generator, and
-    for a conditional G the (n,) classes asked for: every class in turn, in equal runs."""
-    was_training = G.training
-    G.eval()
-    gen = torch.Generator().manual_seed(seed)
-    labels = even_labels(torch.arange(G.n_classes), n)[0] if G.n_classes else None
-    fake = torch.cat([x for _, x in generate_batches(G, n, device, gen, batch_size, labels)])
-    G.train(was_training)
-    return fake, labels
-
-
-def evaluate(fake: torch.Tensor, data: Data, data_cfg: DataConfig, device: torch.device, seed: int,
-             cache_dir: str, inception_weights: Optional[str] = None,
-             asked: Optional[torch.Tensor] = None) -> dict[str, Any]:
-    """The metrics of generated samples `fake` (from `generate`) for this kind of data, each
-    with the protocol it was measured under. `asked`, the (N,) classes a conditional G was asked
-    for, adds how often the sample is of that class (class_accuracy) and, for images, the FD of
-    each class."""
-    n = len(fake)
-    conditional: dict[str, Any] = {}
-    if not data.is_image:
-        if data.centres is None:
-            raise GancliError(f"data={data_cfg.name.value} has no mixture centres to measure modes against")
-        metrics: dict[str, Any] = mixture_metrics(fake, data.centres, data_cfg.std)
-        if asked is not None:  # a sample is of the class (mode) whose centre is nearest
-            nearest = torch.cdist(fake.double(), data.centres.double()).argmin(1)
-            conditional["class_accuracy"] = float((nearest == asked).double().mean())
-        protocol = {"n_generated": n, "n_real": 0, "feature_extractor": "none (nearest mixture centre)"}
-    elif data_cfg.name is DataName.stacked_mnist:
-        # one digit classifier, trained on the real images' channels, labels each generated channel
-        channel_digits = torch.stack([data.labels // 100, data.labels // 10 % 10, data.labels % 10], 1)  # (N, 3)
-        channels = Data(x=data.x.reshape(-1, 1, *data.shape[1:]), labels=channel_digits.reshape(-1))
-        ref = reference_classifier(channels, Path(cache_dir), device)
-        _, predicted = ref.embed(fake.reshape(-1, 1, *fake.shape[2:]), device)
-        metrics = {**stacked_metrics(predicted.reshape(-1, 3)), "classifier_accuracy": ref.accuracy}
-        if asked is not None:  # all three channel digits as asked
-            digits = predicted.reshape(-1, 3)
-            conditional["class_accuracy"] = float(((digits[:, 0] * 100 + digits[:, 1] * 10 + digits[:, 2]) == asked)
-                                                  .double().mean())
-        protocol = {
-            "n_generated": n,
-            "n_real": len(channels.x),
-            "feature_extractor": f"gancli reference classifier v{VERSION} on single channels",
-            "extractor_hash": ref.weights_hash[:16],
-            "data_hash": ref.data_hash[:16],
-        }
-    elif data.labels is None:
-        raise GancliError(f"data={data_cfg.name.value} has no labels: the classifier metrics need a labelled data set")
-    else:
-        ref = reference_classifier(data, Path(cache_dir), device)
-        train_real = data.x[ref.train_idx[:n]]
-        held_real = data.x[ref.held_idx[:n]]
-        real_feats, _ = ref.embed(to_model(train_real), device)
-        held_feats, _ = ref.embed(to_model(held_real), device)
-        fake_feats, fake_pred = ref.embed(fake, device)
-        m = min(len(real_feats), len(held_feats))
-        metrics = {
-            "fd": frechet_distance(real_feats.numpy(), fake_feats.numpy()),
-            "fd_real_floor": frechet_distance(real_feats[:m].numpy(), held_feats[:m].numpy()),
-            **precision_recall(real_feats, fake_feats),  # k = 3
-            **density_coverage(real_feats, fake_feats),  # k = 5
-            "classifier_accuracy": ref.accuracy,
-            **class_metrics(fake_pred, data.labels[ref.train_idx], ref.n_classes),
-            **inception_metrics(train_real, fake, inception_weights, device),
-        }
-        if asked is not None:
-            fds = per_class_fd(real_feats, data.labels[ref.train_idx[:n]], fake_feats, asked, ref.n_classes)
-            finite = [v for v in fds if v == v]
-            conditional = {"class_accuracy": float((fake_pred == asked).double().mean()),
-                           "fd_class_mean": sum(finite) / len(finite) if finite else float("nan"),
-                           "fd_per_class": fds}
-        if "inception_note" in metrics:
-            log.info(metrics["inception_note"])
-        protocol = {
-            "n_generated": n,
-            "n_real": len(real_feats),
-            "n_real_floor": m,
-            "feature_extractor": f"gancli reference classifier v{VERSION}, penultimate layer ({FEATURES}-d)",
-            "extractor_hash": ref.weights_hash[:16],
-            "data_hash": ref.data_hash[:16],
-        }
-    protocol["data"] = data_cfg.name.value
-    protocol["data_split"] = data_cfg.split.value if data.is_image else f"drawn, seed {seed}"
-    protocol["seed"] = seed
-    if asked is not None:
-        protocol["classes_asked"] = "every class in turn, equal runs"
-    return {**metrics, **conditional, "protocol": protocol}
 
 
 def run_eval(cfg: EvalApp) -> dict[str, Any]:
@@ -144,7 +51,7 @@ def run_eval(cfg: EvalApp) -> dict[str, Any]:
     metrics["step"] = state["step"]
     metrics["checkpoint"] = str(path)
     metrics["protocol"]["generator"] = state["generator"]  # G_ema (the moving average) or G
-    out = Path(cfg.out) if cfg.out else checkpoint.run_dir_of(path)
+    out = Path(cfg.out) if cfg.out else run_dir_of(path)
     write_json(out / "metrics.json", metrics)
     if not data.is_image:
         save_scatter(fake, out / "eval_scatter.png", real=data.x[: cfg.n],

@@ -9,7 +9,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 from gancli.errors import GancliError
 
@@ -65,3 +65,9 @@ def write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> Non
         writer = csv.DictWriter(f, fieldnames=columns, restval="", extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
+
+
+def check_out_folder(out: Optional[str]) -> None:
+    """`out=` names a folder (made if missing), not a file."""
+    if out is not None and Path(out).expanduser().exists() and not Path(out).expanduser().is_dir():
+        raise GancliError(f"out={out} is a file; give a folder (it is made if missing), or leave out= out")

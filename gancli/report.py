@@ -13,17 +13,14 @@ are skipped and named in the notes column; a run whose status cannot be read is 
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 from rich.markup import escape
@@ -32,6 +29,7 @@ from rich.table import Table
 from gancli.console import table_console
 from gancli.errors import GancliError
 from gancli.files import atomic, write_csv, write_json
+from gancli.runfolder import RunRecord, is_run_folder, number, read_run
 
 log = logging.getLogger(__name__)
 
@@ -50,25 +48,6 @@ _HEADERS = {"wall_s": "wall s", "img_per_s": "img/s"}
 _STATUS_STYLE = {"completed": "green", "interrupted": "yellow", "incomplete": "yellow", "failed": "red",
                  "broken": "bold red"}
 _MAX_LEGEND = 12  # runs; a bigger sweep's plots go without a legend
-
-
-@dataclass
-class Run:
-    """What could be read from one run folder; None where a value could not be read."""
-
-    path: Path
-    overrides: list[str] | None  # command-line overrides, hydra.* left out
-    status: str  # completed | interrupted | failed | incomplete | broken | unknown
-    steps: int | None
-    target_steps: int | None
-    wall_s: float | None
-    img_per_s: float | None
-    loss_d: float | None
-    loss_g: float | None
-    metrics: dict[str, float]  # the latest evaluation, without its step
-    timing: list[dict[str, Any]]  # timing.jsonl rows, for the plots
-    evaluations: list[dict[str, float]]  # numeric values of each evaluation, step included
-    notes: list[str]  # the error of a failed run, and what could not be read
 
 
 def main(argv: list[str]) -> None:
@@ -147,14 +126,6 @@ def find_runs(folders: list[Path]) -> list[Path]:
     return sorted(found, key=_natural_key)
 
 
-def is_run_folder(folder: Path) -> bool:
-    """A folder gancli train wrote: it has any of the files a run starts with or ends with."""
-    try:
-        return any((folder / name).is_file() for name in (".hydra/overrides.yaml", "summary.json", "timing.jsonl"))
-    except OSError:  # unreadable
-        return False
-
-
 def _walk(folder: Path) -> Iterator[Path]:
     if is_run_folder(folder):
         yield folder
@@ -173,149 +144,7 @@ def _natural_key(path: Path) -> tuple:
     return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in path.parts)
 
 
-def read_run(path: Path) -> Run:
-    """Read what can be read of one run folder; a bad file is noted, never raised."""
-    notes: list[str] = []
-    overrides = _read_overrides(path / ".hydra" / "overrides.yaml", notes)
-    timing = _read_jsonl(path / "timing.jsonl", notes)
-    if not timing and (path / "timing.jsonl").is_file():
-        notes.append("timing.jsonl has no rows")
-    evaluations = [_numbers(row) for row in _read_jsonl(path / "metrics.jsonl", notes)]
-    summary_path = path / "summary.json"
-    summary = _read_json_object(summary_path, notes)
-
-    if summary is not None:
-        status = summary.get("status") if isinstance(summary.get("status"), str) else "unknown"
-        if status == "unknown":
-            notes.append("summary.json has no status")
-        if isinstance(summary.get("error"), str):
-            notes.insert(0, summary["error"])
-    elif summary_path.exists() or not (timing or evaluations or overrides is not None):
-        status = "broken"
-    else:
-        status = "incomplete"
-    summary = summary or {}
-
-    timing.sort(key=lambda row: row["step"])
-    evaluations.sort(key=lambda row: row["step"])
-    last = timing[-1] if timing else {}
-    steps = [s for s in (_int(summary.get("steps")), _int(last.get("step"))) if s is not None]
-    timed_img_per_s = [v for v in (_number(row.get("img_per_s")) for row in timing) if v is not None]
-    metrics = evaluations[-1] if evaluations else _numbers(summary.get("metrics"))
-    if not evaluations and "step" in metrics:  # a summary's last evaluation, for the plot
-        evaluations = [metrics]
-    return Run(
-        path=path,
-        overrides=overrides,
-        status=status,
-        steps=max(steps) if steps else None,
-        target_steps=_int(summary.get("target_steps")) or _target_steps(path),
-        wall_s=_first(summary.get("wall_s"), last.get("elapsed_s")),
-        img_per_s=_first(summary.get("img_per_s"),
-                         round(sum(timed_img_per_s) / len(timed_img_per_s), 1) if timed_img_per_s else None),
-        loss_d=_first(summary.get("loss_d"), last.get("loss_d")),
-        loss_g=_first(summary.get("loss_g"), last.get("loss_g")),
-        metrics={k: v for k, v in metrics.items() if k != "step"},
-        timing=timing,
-        evaluations=evaluations,
-        notes=notes,
-    )
-
-
-def _read_overrides(path: Path, notes: list[str]) -> list[str] | None:
-    try:
-        overrides = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        notes.append(".hydra/overrides.yaml missing")
-        return None
-    except (OSError, ValueError, yaml.YAMLError) as exc:
-        notes.append(f".hydra/overrides.yaml unreadable ({_reason(exc)})")
-        return None
-    if overrides is None:  # an empty file: no overrides
-        return []
-    if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
-        notes.append(".hydra/overrides.yaml is not a list of overrides")
-        return None
-    return [o for o in overrides if not o.lstrip("+~").startswith("hydra.")]
-
-
-def _read_jsonl(path: Path, notes: list[str]) -> list[dict[str, Any]]:
-    """The rows that parse and carry a step; a killed run's last line may be cut short."""
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except FileNotFoundError:
-        return []
-    except OSError as exc:
-        notes.append(f"{path.name} unreadable ({_reason(exc)})")
-        return []
-    rows, bad = [], 0
-    for line in filter(str.strip, text.splitlines()):
-        try:
-            row = json.loads(line)
-        except ValueError:
-            bad += 1
-            continue
-        if isinstance(row, dict) and _int(row.get("step")) is not None:
-            rows.append(row)
-        else:
-            bad += 1
-    if bad:
-        notes.append(f"{path.name}: {bad} unreadable line{'s' if bad > 1 else ''} skipped")
-    return rows
-
-
-def _read_json_object(path: Path, notes: list[str]) -> dict[str, Any] | None:
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:
-        notes.append(f"{path.name} unreadable ({_reason(exc)})")
-        return None
-    if not isinstance(obj, dict):
-        notes.append(f"{path.name} is not a JSON object")
-        return None
-    return obj
-
-
-def _target_steps(path: Path) -> int | None:
-    """train.steps from the run's config, for a run that ended before its summary."""
-    for name in ("config.yaml", ".hydra/config.yaml"):
-        try:
-            config = yaml.safe_load((path / name).read_text(encoding="utf-8"))
-            return _int(config["train"]["steps"])
-        except (OSError, ValueError, yaml.YAMLError, TypeError, KeyError):
-            continue
-    return None
-
-
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return (str(exc).splitlines() or [type(exc).__name__])[0][:80]
-
-
-def _number(value: Any) -> float | None:
-    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-
-
-def _int(value: Any) -> int | None:
-    number = _number(value)
-    return int(number) if number is not None and math.isfinite(number) else None
-
-
-def _first(*values: Any) -> float | None:
-    return next((v for v in map(_number, values) if v is not None), None)
-
-
-def _numbers(row: Any) -> dict[str, float]:
-    """The numeric values of an evaluation: protocol strings and nested dicts are not metrics."""
-    if not isinstance(row, dict):
-        return {}
-    return {key: value for key, value in row.items() if _number(value) is not None}
-
-
-def shared_overrides(runs: list[Run]) -> list[str]:
+def shared_overrides(runs: list[RunRecord]) -> list[str]:
     """The overrides every readable run has; none when fewer than two runs can be compared."""
     readable = [run.overrides for run in runs if run.overrides is not None]
     if len(readable) < 2:
@@ -324,7 +153,7 @@ def shared_overrides(runs: list[Run]) -> list[str]:
     return [o for o in readable[0] if o in common]
 
 
-def report_rows(runs: list[Run]) -> tuple[list[dict[str, Any]], list[str]]:
+def report_rows(runs: list[RunRecord]) -> tuple[list[dict[str, Any]], list[str]]:
     """One row per run, and the columns: COLUMNS, the union of the metrics in order seen, notes."""
     metric_columns: dict[str, str] = {}  # metric -> column, prefixed where it would clash with ours
     for run in runs:
@@ -352,7 +181,7 @@ def report_rows(runs: list[Run]) -> tuple[list[dict[str, Any]], list[str]]:
     return rows, [*COLUMNS, *metric_columns.values(), "notes"]
 
 
-def group_rows(runs: list[Run], rows: list[dict[str, Any]], columns: list[str], over: str) -> tuple[list[dict[str, Any]], list[str]]:
+def group_rows(runs: list[RunRecord], rows: list[dict[str, Any]], columns: list[str], over: str) -> tuple[list[dict[str, Any]], list[str]]:
     """One row per set of runs that differ only in the override `over` (seed, say): for every
     numeric column the mean and the standard error of the mean over those runs, and how many
     there were. Failed and unreadable runs are left out, and counted in `left_out`."""
@@ -372,7 +201,7 @@ def group_rows(runs: list[Run], rows: list[dict[str, Any]], columns: list[str], 
         row: dict[str, Any] = {"overrides": " ".join(own) or "(defaults)", "runs": len(members),
                                "left_out": left_out.get(key, 0)}
         for column in numeric:
-            values = [float(m[column]) for m in members if _number(m[column]) is not None]
+            values = [float(m[column]) for m in members if number(m[column]) is not None]
             mean = sum(values) / len(values) if values else None
             se = (math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1) / len(values))
                   if len(values) > 1 else None)
@@ -456,7 +285,7 @@ def _cell(row: dict[str, Any], column: str) -> str:
     return f"{value:.4g}"
 
 
-def plot_runs(runs: list[Run], labels: list[str], out: Path) -> list[str]:
+def plot_runs(runs: list[RunRecord], labels: list[str], out: Path) -> list[str]:
     """loss.png, img_per_s.png and, when any run was evaluated, metrics.png in `out`; returns their names."""
     # the Agg canvas and a bare Figure: no display, and no pyplot state shared with other code
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -500,7 +329,7 @@ def _lines(ax: Any, series: list[list[dict[str, Any]]], labels: list[str], key: 
     """One line per run of `key` against step; runs without that value are left out."""
     drawn = 0
     for i, (rows, label) in enumerate(zip(series, labels)):
-        points = [(row["step"], row[key]) for row in rows if _number(row.get(key)) is not None]
+        points = [(row["step"], row[key]) for row in rows if number(row.get(key)) is not None]
         if points:
             steps, values = zip(*points)
             # a run keeps its colour across the plots

@@ -3,21 +3,21 @@
 from __future__ import annotations
 
 import logging
-import math
 import re
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 import hydra
 import torch
 from omegaconf import DictConfig
 
-from gancli import checkpoint, runtime
-from gancli.config import SampleApp, to_typed, train_config_from_plain
+from gancli import runtime
+from gancli.config import SampleApp, to_typed
 from gancli.errors import GancliError, user_errors
-from gancli.files import write_text
+from gancli.files import check_out_folder, write_text
+from gancli.generator import even_labels, generate_batches, load_generator
 from gancli.images import save_grid, save_scatter, save_singles
-from gancli.models import build_models, latents
+from gancli.runfolder import find_checkpoint, run_dir_of
 
 log = logging.getLogger(__name__)
 
@@ -36,14 +36,8 @@ def check(cfg: SampleApp) -> None:
     """Start-up checks that read nothing: the device and the checkpoint must exist, and `out`
     must be a folder or not exist yet."""
     runtime.resolve_device(cfg.device)
-    checkpoint.find(cfg.ckpt)
+    find_checkpoint(cfg.ckpt)
     check_out_folder(cfg.out)
-
-
-def check_out_folder(out: Optional[str]) -> None:
-    """`out=` names a folder (made if missing), not a file."""
-    if out is not None and Path(out).expanduser().exists() and not Path(out).expanduser().is_dir():
-        raise GancliError(f"out={out} is a file; give a folder (it is made if missing), or leave out= out")
 
 
 def class_args(args: list[str]) -> list[str]:
@@ -76,48 +70,11 @@ def chosen_classes(asked: Optional[list[str]], names: list[str], ckpt: Path) -> 
     return torch.tensor(labels)
 
 
-def even_labels(classes: torch.Tensor, n: int) -> tuple[torch.Tensor, int]:
-    """n labels, the classes in turn in equal runs: (n,) labels and the run length, which is a grid
-    row."""
-    per = math.ceil(n / len(classes))
-    return classes.repeat_interleave(per)[:n], per
-
-
-def load_generator(ckpt: str | Path, device: torch.device, use_ema: bool = True) -> tuple[torch.nn.Module, dict, Path]:
-    """(G rebuilt from the checkpoint's own config by family name, in eval mode on `device`, with
-    the weights of its moving average where it has one and `use_ema`; the checkpoint's
-    contents, with "generator" set to "G_ema" or "G"; its path)."""
-    path = checkpoint.find(ckpt)
-    state = checkpoint.load(path)
-    train_cfg = train_config_from_plain(state["config"])
-    shape = tuple(state["data_shape"])
-    G, _ = build_models(train_cfg.model, shape, len(state.get("classes") or []))
-    state["generator"] = "G_ema" if use_ema and "G_ema" in state else "G"
-    try:
-        G.load_state_dict(state[state["generator"]])
-    except RuntimeError:
-        raise GancliError(f"{path}: the generator weights do not match the model config stored with them") from None
-    return G.to(device).eval(), state, path
-
-
-@torch.no_grad()
-def generate_batches(G: torch.nn.Module, n: int, device: torch.device, gen: torch.Generator, batch_size: int,
-                     labels: Optional[torch.Tensor] = None) -> Iterator[tuple[int, torch.Tensor]]:
-    """(index of the first sample, float32 samples on the CPU) for n samples of G, batch by batch,
-    from CPU noise drawn with `gen`: the same samples on every device. A conditional G draws
-    its classes at random, or the (n,) `labels` given."""
-    for start in range(0, n, batch_size):
-        z, c = latents(G, min(batch_size, n - start), device, gen)
-        if labels is not None and c is not None:
-            c = labels[start : start + len(z)].to(device)
-        yield start, G(z, c).float().cpu()  # (b, C, H, W) or (b, 2)
-
-
 def sample(cfg: SampleApp) -> Path:
     """Write n samples, grid.png and optionally interpolation.png; returns the output folder."""
     device = runtime.resolve_device(cfg.device)
     G, state, path = load_generator(cfg.ckpt, device, cfg.use_ema)
-    out = Path(cfg.out) if cfg.out else checkpoint.run_dir_of(path) / "generated"
+    out = Path(cfg.out) if cfg.out else run_dir_of(path) / "generated"
     is_image = len(state["data_shape"]) == 3
     gen = torch.Generator().manual_seed(cfg.seed)
     names = state.get("classes") or []

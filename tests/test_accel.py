@@ -9,9 +9,12 @@ import torch
 
 from conftest import TINY, is_png, read_json, run_gancli
 from gancli import checkpoint, cli, runtime, train
+from gancli.accel import plan_accel, plan_for
 from gancli.config import AccelConfig, AccelName, CompileMode, DeviceConfig, DeviceType, Precision
 from gancli.errors import GancliError
-from gancli.step import TrainStep, plan_for, step_flops
+from gancli.flops import step_flops
+from gancli.state import TrainState
+from gancli.step import Executor
 from gancli.timing import SectionTimer
 from test_config import compose_train
 
@@ -72,7 +75,7 @@ def test_mps_selection_and_precisions_with_the_backend_mocked(monkeypatch):
         runtime.check_precision(mps, Precision.bf16)
     monkeypatch.setattr(torch.backends.mps, "is_macos_or_newer", lambda major, minor: True, raising=False)
     runtime.check_precision(mps, Precision.bf16)
-    plan = runtime.plan_accel(AccelConfig(), mps, Precision.fp16, has_convs=True)
+    plan = plan_accel(AccelConfig(), mps, Precision.fp16, has_convs=True)
     assert not plan.cuda_graphs and any("mps" in note for note in plan.notes)
 
 
@@ -87,20 +90,20 @@ def test_mps_selection_and_precisions_with_the_backend_mocked(monkeypatch):
     ],
 )
 def test_graphs_say_why_they_are_off(device, precision, accel, expected):
-    plan = runtime.plan_accel(accel, torch.device(device), precision, has_convs=True)
+    plan = plan_accel(accel, torch.device(device), precision, has_convs=True)
     assert not plan.cuda_graphs
     assert len(plan.notes) == 1 and expected in plan.notes[0]
     assert plan.used()["cuda_graphs"] is False
 
 
 def test_graphs_planned_on_cuda_bf16():
-    plan = runtime.plan_accel(AccelConfig(), torch.device("cuda"), Precision.bf16, has_convs=True)
+    plan = plan_accel(AccelConfig(), torch.device("cuda"), Precision.bf16, has_convs=True)
     assert plan.cuda_graphs and plan.notes == []
     # compile's default mode makes no graphs of its own: the compiled step is captured in ours
-    plan = runtime.plan_accel(AccelConfig(compile=CompileMode.default), torch.device("cuda"), Precision.bf16,
+    plan = plan_accel(AccelConfig(compile=CompileMode.default), torch.device("cuda"), Precision.bf16,
                               has_convs=True)
     assert plan.cuda_graphs and plan.compile == "default" and plan.notes == []
-    plan = runtime.plan_accel(AccelConfig(channels_last=True), CPU, Precision.fp32, has_convs=False)
+    plan = plan_accel(AccelConfig(channels_last=True), CPU, Precision.fp32, has_convs=False)
     assert not plan.channels_last and "channels_last" in plan.notes[-1]
 
 
@@ -119,9 +122,9 @@ def test_graphs_planned_on_cuda_bf16():
     ],
 )
 def test_channels_last_left_open_turns_on_where_it_helps(device, precision, has_convs, expected):
-    plan = runtime.plan_accel(AccelConfig(channels_last=None), torch.device(device), precision, has_convs=has_convs)
+    plan = plan_accel(AccelConfig(channels_last=None), torch.device(device), precision, has_convs=has_convs)
     assert plan.channels_last is expected and not any("channels_last" in note for note in plan.notes)
-    forced = runtime.plan_accel(AccelConfig(channels_last=False), torch.device(device), precision, has_convs=has_convs)
+    forced = plan_accel(AccelConfig(channels_last=False), torch.device(device), precision, has_convs=has_convs)
     assert forced.channels_last is False
 
 
@@ -170,18 +173,24 @@ def test_baseline_reads_five_values_per_step():
     cfg = compose_train("device=cpu", "accel=baseline", "model=mlp", "model.width=8", "data=ring", "train.batch_size=8")
     from gancli.data import load_data
 
-    plan = runtime.plan_accel(cfg.accel, CPU, Precision.fp32, has_convs=False)
-    step_fn = TrainStep(cfg, load_data(cfg.data, 0), CPU, plan, SectionTimer(CPU))
+    plan = plan_accel(cfg.accel, CPU, Precision.fp32, has_convs=False)
+    step_fn = _executor(cfg, load_data(cfg.data, 0), plan)
     calls = []
     original = torch.Tensor.item
     # count reads of values computed by the step (the optimizers' own CPU step counters are not syncs)
     torch.Tensor.item = lambda self: (self.grad_fn is not None and calls.append(1)) or original(self)
     try:
-        step_fn(0)
+        step_fn()
     finally:
         torch.Tensor.item = original
     assert len(calls) == 5
-    assert set(step_fn.host_stats) == {"loss_d", "loss_g", "d_real", "d_fake", "d_fake_after"}
+    assert set(step_fn.take_stats()) == {"loss_d", "loss_g", "d_real", "d_fake", "d_fake_after"}
+
+
+def _executor(cfg, data, plan):
+    """An executor over a new state for `cfg`, as set-up builds them."""
+    state = TrainState(cfg, data.shape, len(data.classes or []) if cfg.model.conditional else 0, CPU, plan)
+    return Executor(cfg, state, data, plan, SectionTimer(CPU))
 
 
 def test_scalers_round_trip_through_a_checkpoint(tmp_path):
@@ -189,15 +198,15 @@ def test_scalers_round_trip_through_a_checkpoint(tmp_path):
     from gancli.data import load_data
 
     data = load_data(cfg.data, 0)
-    plan = runtime.plan_accel(cfg.accel, CPU, Precision.fp32, has_convs=False)
-    step_fn = TrainStep(cfg, data, CPU, plan, SectionTimer(CPU))
+    plan = plan_accel(cfg.accel, CPU, Precision.fp32, has_convs=False)
+    step_fn = TrainState(cfg, data.shape, 0, CPU, plan)
     # the scalers fp16 uses (CUDA/MPS), built on the CPU here with a scale of their own
     step_fn.scaler_g = torch.amp.GradScaler("cpu", init_scale=1024.0, growth_interval=7)
     step_fn.scaler_d = torch.amp.GradScaler("cpu", init_scale=64.0)
     step_fn.scaler_g.scale(torch.ones(()))  # the scale tensor exists once used
     step_fn.scaler_d.scale(torch.ones(()))
-    checkpoint.save({"step": 0, "config": {}, "data_shape": [2], **step_fn.state_dict()}, tmp_path / "c.pt")
-    restored = TrainStep(cfg, data, CPU, plan, SectionTimer(CPU))
+    checkpoint.save({"config": {}, "data_shape": [2], **step_fn.state_dict()}, tmp_path / "c.pt")
+    restored = TrainState(cfg, data.shape, 0, CPU, plan)
     restored.scaler_g = torch.amp.GradScaler("cpu")
     restored.scaler_d = torch.amp.GradScaler("cpu")
     restored.load_state_dict(checkpoint.load(tmp_path / "c.pt"))
@@ -217,7 +226,7 @@ def test_step_flops_scale_with_batch_and_d_steps():
 
 def test_bench_writes_its_table(tmp_path):
     proc = run_gancli("bench", "model=mlp", "model.width=16", "data.n=256", "train.batch_size=8,16",
-                      "accel=baseline,fast", "bench.warmup=1", "bench.steps=2", "bench.repeats=2", "device=cpu",
+                      "accel=baseline,fast", "precision=fp32", "bench.warmup=1", "bench.steps=2", "bench.repeats=2", "device=cpu",
                       f"hydra.run.dir={tmp_path / 'bench'}", cwd=tmp_path)
     rows = read_json(tmp_path / "bench" / "bench.json")
     assert [(r["variant"], r["batch_size"]) for r in rows] == [("baseline", 8), ("fast", 8), ("baseline", 16), ("fast", 16)]
@@ -259,7 +268,8 @@ def test_bench_times_the_rest_when_a_variant_fails(tmp_path, monkeypatch):
     overrides = ["model=mlp", "model.width=16", "data.n=64", "device=cpu"]
     with initialize_config_module("gancli.configs", version_base="1.3"):
         cfg = to_typed(compose("bench", overrides=[*overrides, "bench.accel=[baseline,fast,eager]",
-                                                   "bench.batch_size=[8]", "bench.warmup=1", "bench.steps=1",
+                                                   "bench.precision=[fp32]", "bench.batch_size=[8]",
+                                                   "bench.warmup=1", "bench.steps=1",
                                                    "bench.repeats=1"]))
         with pytest.raises(GancliError, match="1 of 3 variants failed"):
             bench.bench(cfg, tmp_path, overrides)
@@ -295,11 +305,11 @@ def test_r1_penalty_lowers_the_discriminators_input_gradient(tmp_path):
         cfg = compose_train("model=classic", f"loss.r1_gamma={gamma}", "train.batch_size=16", "device=cpu")
         data = load_data(cfg.data, 0)
         runtime.seed_everything(0)
-        step_fn = TrainStep(cfg, data, CPU, plan_for(cfg, CPU), SectionTimer(CPU))
-        for k in range(30):
-            step_fn(k)
+        step_fn = _executor(cfg, data, plan_for(cfg, CPU))
+        for _ in range(30):
+            step_fn()
         real = step_fn.batches(0).x.requires_grad_(True)
-        (grad,) = torch.autograd.grad(step_fn.D(real).sum(), real)
+        (grad,) = torch.autograd.grad(step_fn.state.D(real).sum(), real)
         return grad.pow(2).flatten(1).sum(1).mean().item()
     assert grad_norm(10) < 0.5 * grad_norm(0)
 
@@ -374,3 +384,25 @@ def test_cpu_threads_default_to_the_physical_cores(monkeypatch):
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("feature, expected", [("AVX512-BF16", [("fp32", "fp32"), ("auto", "bf16")]),
+                                               (None, [("fp32", "fp32")])])
+def test_bench_times_what_train_runs_beside_fp32(monkeypatch, feature, expected):
+    """By default bench times fp32 and precision=auto, the precision `gancli train` picks; on a CPU
+    without native bf16, auto is fp32, timed once."""
+    from gancli import bench
+
+    monkeypatch.setattr(runtime, "cpu_bf16_feature", lambda: feature)
+    cfg = compose_train_bench("device=cpu")
+    assert cfg.bench.precision == ["fp32", "auto"] and cfg.precision.name is Precision.auto
+    assert bench._precisions(cfg) == expected
+
+
+def compose_train_bench(*overrides):
+    from hydra import compose, initialize_config_module
+
+    from gancli.config import to_typed
+
+    with initialize_config_module("gancli.configs", version_base="1.3"):
+        return to_typed(compose("bench", overrides=list(overrides)))

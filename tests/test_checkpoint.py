@@ -3,7 +3,7 @@ import pickle
 import pytest
 import torch
 
-from gancli import checkpoint
+from gancli import checkpoint, runfolder
 from gancli.errors import GancliError
 
 
@@ -18,8 +18,8 @@ def test_round_trip_is_plain_data(tmp_path):
     assert state["step"] == 7 and torch.equal(state["G"]["w"], torch.ones(2))
     assert state["format"] == checkpoint.FORMAT
     assert list(path.parent.iterdir()) == [path]  # no temporary file left behind
-    assert checkpoint.find(tmp_path / "run") == path  # a run folder means its last checkpoint
-    assert checkpoint.run_dir_of(path) == tmp_path / "run"
+    assert runfolder.find_checkpoint(tmp_path / "run") == path  # a run folder means its last checkpoint
+    assert runfolder.run_dir_of(path) == tmp_path / "run"
 
 
 def test_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
@@ -42,7 +42,7 @@ def test_missing(tmp_path):
     with pytest.raises(GancliError, match="no checkpoint at"):
         checkpoint.load(tmp_path / "nope.pt")
     with pytest.raises(GancliError, match="no checkpoint in"):
-        checkpoint.load(tmp_path)
+        runfolder.find_checkpoint(tmp_path)
 
 
 def test_corrupt(tmp_path):

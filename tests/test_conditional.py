@@ -302,7 +302,7 @@ def test_unconditional_checkpoint_refuses_classes(tiny_run, tmp_path):
     ["experiment=r3gan", "model.width=4", "model.width_max=8", "model.group_size=4", "data.image_size=32"],
 ])
 def test_new_families_pass_start_up_checks_and_count_flops(overrides):
-    from gancli.step import step_flops
+    from gancli.flops import step_flops
     from gancli.train import check
 
     cfg = compose_train("device=cpu", "train.batch_size=4", *overrides)

@@ -25,7 +25,7 @@ import pytest
 import torch
 
 from conftest import TINY, Running, read_json, run_gancli
-from gancli import checkpoint, files, runfolder, runtime, step as step_module
+from gancli import checkpoint, files, flops, runfolder, step as step_module
 from gancli.errors import Diverged, GancliError
 from gancli.train import train
 from test_config import compose_train
@@ -75,7 +75,7 @@ def _temp_files(run_dir: Path) -> list[Path]:
 
 def _rows(run_dir: Path, name: str = "timing.jsonl") -> list[dict]:
     """The rows of a JSON-lines file without the wall-clock fields, which differ run to run."""
-    clock = {"elapsed_s", "img_per_s", "d_step_ms", "g_step_ms", "data_ms", "peak_mem_mb", "mfu"}
+    clock = {"elapsed_s", "train_s", "img_per_s", "d_step_ms", "g_step_ms", "data_ms", "peak_mem_mb", "mfu"}
     return [{k: v for k, v in json.loads(line).items() if k not in clock}
             for line in (run_dir / name).read_text().splitlines()]
 
@@ -104,7 +104,7 @@ def _assert_same_run(run_dir: Path, reference: Path) -> None:
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> Callable[[int], tuple[Path, float]]:
     """The uninterrupted run of EVERY_STEP at a number of steps, and its wall time, made once."""
-    runtime.peak_flops(torch.device("cpu"), compose_train().precision.name)  # measured once, inherited by children
+    flops.peak_flops(torch.device("cpu"), compose_train().precision.name)  # measured once, inherited by children
     root, made = tmp_path_factory.mktemp("faults"), {}
 
     def run(steps: int) -> tuple[Path, float]:
@@ -199,10 +199,8 @@ def _partial_grid(nth: int) -> Callable[[], None]:
 
 
 def _partial_timing_row(nth: int) -> Callable[[], None]:
-    from gancli import timing
-
     calls = {"n": 0}
-    real = timing.JsonLines.write
+    real = runfolder.JsonLines.write
 
     def write(self, row):
         calls["n"] += 1
@@ -213,12 +211,10 @@ def _partial_timing_row(nth: int) -> Callable[[], None]:
             _kill_self()
         return real(self, row)
 
-    return lambda: setattr(timing.JsonLines, "write", write)
+    return lambda: setattr(runfolder.JsonLines, "write", write)
 
 
 def _partial_summary() -> Callable[[], None]:
-    import gancli.train as train_module
-
     def write_json(path, obj):
         if path.name == "summary.json":
             with files.atomic(path) as tmp:
@@ -226,7 +222,7 @@ def _partial_summary() -> Callable[[], None]:
                 _kill_self()
         return files.write_json(path, obj)
 
-    return lambda: setattr(train_module, "write_json", write_json)
+    return lambda: setattr(runfolder, "write_json", write_json)
 
 
 @pytest.mark.parametrize("inject", [
@@ -369,20 +365,17 @@ def test_rollback_gives_up_after_max_rollbacks(tmp_path):
 
 
 def test_fp16_skipped_updates_are_counted_on_the_device():
-    from gancli.data import load_data
-    from gancli.timing import SectionTimer
+    from gancli.run import setup
 
-    cfg = compose_train(*TINY, "accel=eager")
-    device = torch.device("cpu")
-    ts = step_module.TrainStep(cfg, load_data(cfg.data, 0), device, step_module.plan_for(cfg, device),
-                               SectionTimer(device))
-    ts.scaler_d = torch.amp.GradScaler("cpu", init_scale=2.0**10)  # an enabled scaler, as fp16 has
-    weight = next(ts.D.parameters())
+    run = setup(compose_train(*TINY, "accel=eager"))
+    state = run.state
+    state.scaler_d = torch.amp.GradScaler("cpu", init_scale=2.0**10)  # an enabled scaler, as fp16 has
+    weight = next(state.D.parameters())
     before = weight.detach().clone()
-    ts._apply(weight.sum() * float("inf"), ts.opt_d, ts.scaler_d)  # inf gradients: the step is skipped
-    assert torch.equal(weight, before) and ts.skipped_updates() == 1
-    ts._apply(weight.sum(), ts.opt_d, ts.scaler_d)
-    assert not torch.equal(weight, before) and ts.skipped_updates() == 1
+    run.execute._apply(weight.sum() * float("inf"), state.opt_d, state.scaler_d)  # inf gradients: the step is skipped
+    assert torch.equal(weight, before) and state.counters()["skipped_updates"] == 1
+    run.execute._apply(weight.sum(), state.opt_d, state.scaler_d)
+    assert not torch.equal(weight, before) and state.counters()["skipped_updates"] == 1
 
 
 # ---- a full disk, a read-only folder ----

@@ -12,7 +12,7 @@ from gancli.config import AugmentConfig, AugmentName, AugmentOp, SampleApp
 from gancli.ema import EMA, ema_beta
 from gancli.models import build_models, dcgan, mlp
 from gancli.models.base import SpectralNorm
-from gancli.runtime import GraphedStep
+from gancli.accel import GraphedStep
 from test_config import compose_train
 
 
