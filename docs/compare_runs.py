@@ -61,7 +61,8 @@ def main() -> int:
         metrics = rows(run / "metrics.jsonl")[-1] if (run / "metrics.jsonl").is_file() else {}
         shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()
                  if k in ("step", "fd", "fd_real_floor", "classes_covered", "class_kl")}
-        print(f"{name}: {run}  {summary['img_per_s']} img/s  accel {summary['accel']}" + (f"  metrics {shown}" if shown else ""))
+        metrics = f"  metrics {shown}" if shown else ""
+        print(f"{name}: {run}  {summary['img_per_s']} img/s  accel {summary['accel']}{metrics}")
     ok = early_ok and late_ok
     print("same model: " + ("yes" if ok else "NO (" + ", ".join(
         part for part, good in (("early steps differ", early_ok), ("late means differ", late_ok)) if not good) + ")"))

@@ -103,7 +103,8 @@ def main() -> None:
                 t = time_layer(layer if gancli else plain(layer), in_shape, gancli, args.repeats)
                 flops = {"fwd": 1, "in": 1, "w": 1, "both": 2}  # each gradient costs a forward's FLOPs
                 rate = {key: f"{t[key]:7.2f} ({n * t['gflop'] / t[key] * 1e3:4.0f})" for key, n in flops.items()}
-                print(f"{net}{k + 1:<9} {name:30} {rate['fwd']:>16} {rate['in']:>16} {rate['w']:>16} {rate['both']:>16}")
+                rates = " ".join(f"{rate[key]:>16}" for key in ("fwd", "in", "w", "both"))
+                print(f"{net}{k + 1:<9} {name:30} {rates}")
                 if net == "G":  # G's first layer takes noise: no input gradient
                     backward = t["w"] if first else t["both"]
                     totals[name] += (2 if gancli else 1) * t["fwd"] + backward

@@ -95,10 +95,12 @@ def main() -> None:
             t0 = time.time()
             gancli("train", *overrides, log=out / "log.txt")
             train_s = time.time() - t0
-            row = {"recipe": name, "seed": seed, "steps": steps, "overrides": overrides[:-1], "train_s": round(train_s, 1)}
+            row = {"recipe": name, "seed": seed, "steps": steps, "overrides": overrides[:-1],
+                   "train_s": round(train_s, 1)}
             for generator, use_ema in (("G_ema", "true"), ("G", "false")):
                 metrics_out = run / f"eval_{generator}"
-                gancli("eval", f"ckpt={run}", f"n={args.eval_n}", f"use_ema={use_ema}", f"out={metrics_out}", "device=cpu",
+                gancli("eval", f"ckpt={run}", f"n={args.eval_n}", f"use_ema={use_ema}", f"out={metrics_out}",
+                       "device=cpu",
                        log=out / "log.txt")
                 metrics = json.loads((metrics_out / "metrics.json").read_text())
                 row[generator] = {k: metrics[k] for k in HEADLINE["points" if points else "image"]}

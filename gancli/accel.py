@@ -10,7 +10,7 @@ from typing import Callable, Optional
 import torch
 
 from gancli import runtime
-from gancli.config import AccelConfig, CompileMode, Precision, TrainApp
+from gancli.config import AccelConfig, CompileMode, Precision, RampShape, TrainApp
 from gancli.models import traits
 
 log = logging.getLogger(__name__)
@@ -130,7 +130,8 @@ class GraphedStep:
         except Exception as exc:  # noqa: BLE001 (fn itself runs again below, so its own errors still surface)
             torch.cuda.synchronize()
             reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-            note = f"cuda_graphs off for {self.name}: its capture failed ({type(exc).__name__}: {reason}); it runs eagerly"
+            note = (f"cuda_graphs off for {self.name}: its capture failed ({type(exc).__name__}: {reason}); "
+                    "it runs eagerly")
             log.warning(note)
             if self.notes is not None:
                 self.notes.append(note)
@@ -144,8 +145,14 @@ class GraphedStep:
 
 def plan_for(cfg: TrainApp, device: torch.device, data_parallel: bool = False) -> AccelPlan:
     """The accel plan for this run: what its accel config asks, less what its model family, loss,
-    device and precision rule out, with the precision it computes in (`auto` resolved, once)."""
+    schedules, device and precision rule out, with the precision it computes in (`auto`
+    resolved, once)."""
     precision, why = runtime.resolve_precision(device, cfg.precision.name)  # `auto` as this device runs it
-    return plan_accel(cfg.accel, device, precision, has_convs=traits(cfg.model).convolutional,
+    plan = plan_accel(cfg.accel, device, precision, has_convs=traits(cfg.model).convolutional,
                       data_parallel=data_parallel, double_backward=cfg.loss.double_backward,
                       precision_reason=why)
+    if plan.cuda_graphs and plan.fused_optimizer and cfg.schedule.beta2.shape is not RampShape.constant:
+        plan.fused_optimizer = False
+        plan.notes.append("fused optimizer off: a scheduled beta2 inside CUDA graphs needs the foreach kernels, "
+                          "which read it from a device tensor")
+    return plan

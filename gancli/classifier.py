@@ -6,8 +6,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -49,7 +51,8 @@ class Reference:
     n_classes: int
 
     @torch.no_grad()
-    def embed(self, images: torch.Tensor, device: torch.device, batch_size: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
+    def embed(self, images: torch.Tensor, device: torch.device,
+              batch_size: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
         """float images in [-1, 1] (N, C, H, W) -> (features (N, 128), predicted classes (N,)), on the CPU."""
         feats, preds = [], []
         for chunk in images.split(batch_size):
@@ -65,8 +68,14 @@ def data_hash(data: Data) -> str:
     return digest.hexdigest()
 
 
-def reference_classifier(data: Data, cache_dir: Path, device: torch.device) -> Reference:
-    """The cached classifier for this data, training it (seeded) if there is none yet."""
+def cache_folder(cache_dir: Optional[str]) -> Path:
+    """Where reference classifiers are kept: `cache_dir`, else $GANCLI_CACHE, else ~/.cache/gancli."""
+    return Path(cache_dir or os.environ.get("GANCLI_CACHE") or "~/.cache/gancli").expanduser()
+
+
+def reference_classifier(data: Data, cache_dir: Optional[str], device: torch.device) -> Reference:
+    """The cached classifier for this data (kept in `cache_folder(cache_dir)`), training it
+    (seeded) if there is none yet."""
     key = data_hash(data)
     n_classes = int(data.labels.max()) + 1
     perm = torch.randperm(len(data.x), generator=torch.Generator().manual_seed(0))
@@ -76,7 +85,7 @@ def reference_classifier(data: Data, cache_dir: Path, device: torch.device) -> R
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # leave training's RNG alone
         torch.manual_seed(0)
         model = Classifier(channels, size, n_classes)
-        state = _load_or_fit(model, data, key, train_idx, held_idx, cache_dir, device)
+        state = _load_or_fit(model, data, key, train_idx, held_idx, cache_folder(cache_dir), device)
     model.to(device).eval()
     weights = hashlib.sha256(b"".join(t.cpu().numpy().tobytes() for t in state["model"].values())).hexdigest()
     return Reference(model, float(state["accuracy"]), train_idx, held_idx, key, weights, n_classes)
@@ -84,7 +93,7 @@ def reference_classifier(data: Data, cache_dir: Path, device: torch.device) -> R
 
 def _load_or_fit(model: Classifier, data: Data, key: str, train_idx: torch.Tensor, held_idx: torch.Tensor,
                  cache_dir: Path, device: torch.device) -> dict:
-    path = Path(cache_dir).expanduser() / f"classifier-v{VERSION}-{key[:16]}.pt"
+    path = cache_dir / f"classifier-v{VERSION}-{key[:16]}.pt"
     state = None
     if path.is_file():
         try:
@@ -94,7 +103,8 @@ def _load_or_fit(model: Classifier, data: Data, key: str, train_idx: torch.Tenso
             log.info("reference classifier cache %s is unreadable; training it again", path)
             state = None
     if state is None:
-        log.info("training the reference classifier on %d real images (once; cached in %s)", len(train_idx), path.parent)
+        log.info("training the reference classifier on %d real images (once; cached in %s)", len(train_idx),
+                 path.parent)
         _fit(model, data, train_idx, device)
         accuracy = _accuracy(model, data, held_idx, device)
         state = {"model": model.state_dict(), "accuracy": accuracy, "data_hash": key, "version": VERSION}

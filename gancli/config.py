@@ -17,19 +17,12 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from gancli.errors import GancliError, at_least, require
+from gancli.datasets import DATASETS
 from gancli.models import FAMILIES, RENAMED
 
 
-class DataName(Enum):
-    digits = "digits"
-    mnist = "mnist"
-    fashion_mnist = "fashion_mnist"
-    cifar10 = "cifar10"
-    folder = "folder"
-    ring = "ring"
-    grid = "grid"
-    fake = "fake"  # random uint8 images of the configured shape, for benchmarks
-    stacked_mnist = "stacked_mnist"  # three independent MNIST digits as RGB channels: 1,000 modes
+# one member per data set of datasets.DATASETS, where each states its traits
+DataName = Enum("DataName", {name: name for name in DATASETS}, module=__name__)
 
 
 class Split(Enum):
@@ -94,6 +87,12 @@ class CompileMode(Enum):
 class NanPolicy(Enum):
     stop = "stop"  # one line, a non-zero exit, the last good checkpoint kept
     rollback = "rollback"  # reload the last good checkpoint and go on with fresh noise
+
+
+class RampShape(Enum):
+    constant = "constant"  # the key's own value throughout
+    linear = "linear"
+    cosine = "cosine"  # half a cosine: slow at both ends (R3GAN)
 
 
 class LoggerName(Enum):
@@ -223,6 +222,59 @@ class EMAConfig:
 
 
 @dataclass
+class Ramp:
+    """One scheduled value (schedule.py): `start` -> `end` over `kimg` thousand images, after an
+    optional warm-up from `warmup_start`; `end` held afterwards."""
+
+    shape: RampShape = RampShape.constant  # constant: the key's own value (start and end unused)
+    start: Optional[float] = None  # null: the value its key sets (optimizer.lr, loss.r1_gamma, ...)
+    end: Optional[float] = None  # null: the value its key sets
+    kimg: Optional[float] = None  # the ramp's length after the warm-up; null: the rest of the run
+    warmup_kimg: float = 0.0  # a straight line from warmup_start up to start first; 0 = none
+    warmup_start: float = 0.0
+
+
+# what each schedulable value may be, as a check and its wording (a learning rate may ramp to 0)
+_RAMP_RANGES = {
+    "lr_g": (lambda v: v >= 0, "a number >= 0"),
+    "lr_d": (lambda v: v >= 0, "a number >= 0"),
+    "beta2": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "r1_gamma": (lambda v: v >= 0, "a number >= 0"),
+    "r2_gamma": (lambda v: v >= 0, "a number >= 0"),
+    "ema_half_life_kimg": (lambda v: v >= 0, "a number >= 0"),
+    "augment_p": (lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
+}
+
+
+@dataclass
+class ScheduleConfig:
+    """Values that ramp during training (R3GAN's schedules); every one constant by default."""
+
+    lr_g: Ramp = field(default_factory=Ramp)  # G's learning rate (optimizer.lr_g, else optimizer.lr)
+    lr_d: Ramp = field(default_factory=Ramp)  # D's learning rate (optimizer.lr_d, else optimizer.lr)
+    beta2: Ramp = field(default_factory=Ramp)  # Adam's beta2, both networks (optimizer.beta2)
+    r1_gamma: Ramp = field(default_factory=Ramp)  # loss.r1_gamma
+    r2_gamma: Ramp = field(default_factory=Ramp)  # loss.r2_gamma
+    ema_half_life_kimg: Ramp = field(default_factory=Ramp)  # ema.half_life_kimg
+    augment_p: Ramp = field(default_factory=Ramp)  # augment.p, the augmentation's probability
+
+    def __post_init__(self) -> None:
+        for key, ramp in vars(self).items():
+            name = f"schedule.{key}"
+            allowed, wording = _RAMP_RANGES[key]
+            for end in ("start", "end"):
+                value = getattr(ramp, end)
+                require(value is None or allowed(value), f"{name}.{end}", value, f"{wording} (null: the key's value)")
+            require(ramp.warmup_start == 0 or allowed(ramp.warmup_start), f"{name}.warmup_start", ramp.warmup_start,
+                    f"0 or {wording}")
+            require(ramp.kimg is None or ramp.kimg > 0, f"{name}.kimg", ramp.kimg, "a number > 0 (null: the whole run)")
+            require(ramp.warmup_kimg >= 0, f"{name}.warmup_kimg", ramp.warmup_kimg, "a number >= 0 (0: no warm-up)")
+            if ramp.shape is not RampShape.constant and ramp.start is None and ramp.end is None:
+                raise GancliError(f"{name}.shape={ramp.shape.value} ramps from start to end: give {name}.start or "
+                                  f"{name}.end (the other is the key's own value)")
+
+
+@dataclass
 class DeviceConfig:
     type: DeviceType = DeviceType.auto
     index: Optional[int] = None  # which GPU of several (cuda only)
@@ -244,8 +296,8 @@ class AccelConfig:
     dataloader: bool = False  # batches through a torch DataLoader over host memory
     host_syncs: bool = False  # read losses and D's outputs with .item() every step
     fused_optimizer: bool = True  # fused (else foreach) optimizer kernels where the device has them
-    # NHWC activations for the conv models; null = where measured to help: CUDA in bf16/fp16
-    channels_last: Optional[bool] = False
+    # NHWC activations for the conv models; null = where measured to help (the CPU, CUDA in bf16/fp16)
+    channels_last: Optional[bool] = None
     cuda_graphs: bool = True  # capture the whole D and G steps as CUDA graphs (CUDA only)
     compile: CompileMode = CompileMode.off  # torch.compile G and D with this mode
     warmup_steps: int = 3  # eager steps before a CUDA graph is captured
@@ -263,10 +315,14 @@ class LoopConfig:
     sample_every: int = 250  # steps between sample grids; 0 = only at the end
     ckpt_every: int = 500  # steps between kept checkpoints; 0 = only last.pt
     sample_n: int = 64  # images in each sample grid (2-D data plots 2,000 points)
+    # stop at the first step past this many minutes of training (set-up, file writes and
+    # evaluations excluded); train.steps is then not used, and schedules span the budget
+    minutes: Optional[float] = None
     resume: Optional[str] = None  # auto | a checkpoint file | a run folder
     nan_policy: NanPolicy = NanPolicy.stop  # what a diverged run does: stop | rollback
     max_rollbacks: int = 3  # rollback: give up (as stop) after this many
-    divergence_limit: float = 1e6  # a logged loss or D output beyond +-this counts as diverged, as NaN does; 0 = NaN and inf only
+    # a logged loss or D output beyond +-this counts as diverged, as NaN does; 0 = NaN and inf only
+    divergence_limit: float = 1e6
 
     def __post_init__(self) -> None:
         at_least(self, "train", 1, "steps", "batch_size", "d_steps", "log_every", "sample_n", "max_rollbacks")
@@ -274,6 +330,8 @@ class LoopConfig:
         require(self.divergence_limit >= 0, "train.divergence_limit", self.divergence_limit,
                 "a number >= 0 (0 counts only NaN and inf as diverged)")
         require(self.resume != "", "train.resume", "''", "auto, a checkpoint file or a run folder (or leave it out)")
+        require(self.minutes is None or self.minutes > 0, "train.minutes", self.minutes,
+                "a number > 0 (or leave it out to train for train.steps)")
 
 
 @dataclass
@@ -282,7 +340,7 @@ class EvalConfig:
 
     every: int = 0  # steps between evaluations into metrics.jsonl; 0 = off
     n: int = 2500  # generated samples per evaluation
-    cache_dir: str = "~/.cache/gancli"  # where reference classifiers are kept
+    cache_dir: Optional[str] = None  # where reference classifiers are kept; null: $GANCLI_CACHE or ~/.cache/gancli
     inception_weights: Optional[str] = None  # torch-fidelity's InceptionV3 weights file, for FID/KID
 
     def __post_init__(self) -> None:
@@ -313,7 +371,11 @@ class TrainApp:
     train: LoopConfig = field(default_factory=LoopConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
-    seed: int = 0
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    seed: int = 0  # seeds weights, noise and data order
+
+    def __post_init__(self) -> None:
+        _check_schedule(self)
 
 
 @dataclass
@@ -368,7 +430,7 @@ class EvalApp:
     n: int = 2500  # generated samples
     out: Optional[str] = None  # default: the run folder
     seed: int = 0
-    cache_dir: str = "~/.cache/gancli"  # where reference classifiers are kept
+    cache_dir: Optional[str] = None  # where reference classifiers are kept; null: $GANCLI_CACHE or ~/.cache/gancli
     inception_weights: Optional[str] = None  # torch-fidelity's InceptionV3 weights file, for FID/KID
     use_ema: bool = True  # evaluate G's moving average where the checkpoint has one
     device: DeviceConfig = field(default_factory=DeviceConfig)
@@ -377,12 +439,30 @@ class EvalApp:
         at_least(self, "", 2, "n")
 
 
-LABELLED = {DataName.digits, DataName.mnist, DataName.fashion_mnist, DataName.cifar10, DataName.stacked_mnist}
-MIXTURES = {DataName.ring, DataName.grid}
+def _check_schedule(cfg: TrainApp) -> None:
+    """A schedule shapes a value its key turns on; it never turns a feature on or off itself."""
+    sched = cfg.schedule
+    for key, switch, on in (("r1_gamma", "loss.r1_gamma", cfg.loss.r1_gamma > 0),
+                            ("r2_gamma", "loss.r2_gamma", cfg.loss.r2_gamma > 0),
+                            ("ema_half_life_kimg", "ema.half_life_kimg", cfg.ema.active)):
+        if getattr(sched, key).shape is not RampShape.constant and not on:
+            raise GancliError(f"schedule.{key} ramps a value that {switch}=0 turns off; set {switch} to the value "
+                              "the ramp starts or ends at")
+    if sched.beta2.shape is not RampShape.constant and cfg.optimizer.name is not OptimizerName.adam:
+        raise GancliError(f"schedule.beta2 ramps Adam's beta2, and optimizer={cfg.optimizer.name.value} has none; "
+                          "use optimizer=adam or drop the schedule")
+    if sched.augment_p.shape is not RampShape.constant:
+        if not cfg.augment.active:
+            raise GancliError("schedule.augment_p ramps the augmentation's probability, and augment=none has none; "
+                              "use augment=diffaug or drop the schedule")
+        if cfg.augment.adaptive:
+            raise GancliError("schedule.augment_p and augment.adaptive=true (ADA) both move augment.p; keep one")
 
 
 def register() -> None:
-    """Put the schemas in Hydra's ConfigStore (the YAML files name them in their defaults)."""
+    """Put the schemas in Hydra's ConfigStore (the YAML files name them in their defaults), and the
+    one resolver the YAML uses: ${mul:a,b} is a times b (schedule/r3gan.yaml's ends)."""
+    OmegaConf.register_new_resolver("mul", lambda a, b: float(a) * float(b), replace=True)
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainApp)
     cs.store(name="sample_schema", node=SampleApp)

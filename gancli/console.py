@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any
+from typing import Any, Optional
 
 from rich import get_console
 from rich.console import Console
@@ -30,7 +30,7 @@ class progress_bar:
     """A progress bar (step, losses, img/s, ETA) on a terminal; nothing otherwise, or when
     `show` is false (every rank of a data-parallel run but the first)."""
 
-    def __init__(self, total: int, start: int, show: bool = True):
+    def __init__(self, total: Optional[int], start: int, show: bool = True):
         console = get_console()
         self.progress = Progress(
             TextColumn("[bold]train"),
@@ -47,11 +47,12 @@ class progress_bar:
         self.progress.__enter__()
         return self
 
-    def update(self, step: int, stats: str | None = None) -> None:
-        if stats is None:
-            self.progress.update(self.task, completed=step)
-        else:
-            self.progress.update(self.task, completed=step, stats=stats)
+    def update(self, step: int, stats: str | None = None, total: Optional[int] = None) -> None:
+        """Move to `step`, with a new stats text and a new total (an estimate, under a time budget)."""
+        fields: dict[str, Any] = {} if stats is None else {"stats": stats}
+        if total is not None:
+            fields["total"] = total
+        self.progress.update(self.task, completed=step, **fields)
 
     def __exit__(self, *exc: Any) -> None:
         self.progress.__exit__(*exc)

@@ -29,7 +29,8 @@ def init_distributed(device_type: DeviceType) -> None:
     if dist.is_initialized() or not launched():
         return
     cuda = device_type is DeviceType.cuda or (device_type is DeviceType.auto and torch.cuda.is_available())
-    if device_type is DeviceType.mps or (device_type is DeviceType.auto and not cuda and torch.backends.mps.is_available()):
+    mps_auto = device_type is DeviceType.auto and not cuda and torch.backends.mps.is_available()
+    if device_type is DeviceType.mps or mps_auto:
         raise GancliError("data-parallel training runs on device=cuda (NCCL) or device=cpu (gloo), not on MPS")
     if cuda:
         if not torch.cuda.is_available():

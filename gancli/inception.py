@@ -35,7 +35,8 @@ def inception_metrics(real: torch.Tensor, fake: torch.Tensor, weights_path: Opti
     (N, C, H, W) and float fake images in [-1, 1]; or {"inception_note": why not}."""
     weights = find_weights(weights_path)
     if weights is None:
-        return {"inception_note": f"Inception FID/KID skipped: no weights (set eval.inception_weights=<{WEIGHTS_NAME}>)"}
+        return {"inception_note": "Inception FID/KID skipped: no weights "
+                                  f"(set eval.inception_weights=<{WEIGHTS_NAME}>)"}
     try:
         from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
     except ImportError:
@@ -45,7 +46,8 @@ def inception_metrics(real: torch.Tensor, fake: torch.Tensor, weights_path: Opti
     except Exception:
         raise GancliError(f"eval.inception_weights={weights} is not a readable weights file") from None
     # torch-fidelity loads the file itself; it holds nothing but tensors, as checked above
-    extractor = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(weights))
+    extractor = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"],
+                                            feature_extractor_weights_path=str(weights))
     extractor.to(device).eval()
     fake_u8 = fake.add(1).mul(127.5).round().clamp(0, 255).to(torch.uint8)
     real_feats, fake_feats = _features(extractor, real, device), _features(extractor, fake_u8, device)

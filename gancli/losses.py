@@ -75,23 +75,23 @@ def g_loss_rpgan(fake_logits: Tensor, real_logits: Tensor) -> Tensor:
     return F.softplus(real_logits.float() - fake_logits.float()).mean()
 
 
-def r1_penalty(logits: Tensor, x: Tensor, grad_scale: float = 1.0) -> Tensor:
-    """E ||d logit / d x||^2 over the batch, at `x` (which must require grad and be what `logits`
-    came from): R1 at real images, R2 at G's samples. Differentiable, so D's update can lower
-    it. Under fp16, `grad_scale` is the gradient scaler's scale, so that small input gradients
-    do not underflow on the way back."""
+def input_gradient(logits: Tensor, x: Tensor, grad_scale: float = 1.0) -> Tensor:
+    """d sum(logits) / d x in float32, differentiable (so that D's update can lower a penalty on
+    it); `x` must require grad and be what `logits` came from. Under fp16, `grad_scale` is the
+    gradient scaler's scale, so that small input gradients do not underflow on the way back."""
     outputs = logits.float().sum() if grad_scale == 1.0 else logits.float().sum() * grad_scale
     (grad,) = torch.autograd.grad(outputs, x, create_graph=True)  # (B, C, H, W) or (B, 2)
-    grad = grad.float() if grad_scale == 1.0 else grad.float() / grad_scale
-    return grad.pow(2).flatten(1).sum(1).mean()
+    return grad.float() if grad_scale == 1.0 else grad.float() / grad_scale
+
+
+def r1_penalty(logits: Tensor, x: Tensor, grad_scale: float = 1.0) -> Tensor:
+    """E ||d logit / d x||^2 over the batch, at `x`: R1 at real images, R2 at G's samples."""
+    return input_gradient(logits, x, grad_scale).pow(2).flatten(1).sum(1).mean()
 
 
 def gradient_penalty(logits: Tensor, x_hat: Tensor, grad_scale: float = 1.0) -> Tensor:
     """WGAN-GP (Gulrajani et al. 2017): E (||d logit / d x_hat|| - 1)^2 at the interpolates `x_hat`."""
-    outputs = logits.float().sum() if grad_scale == 1.0 else logits.float().sum() * grad_scale
-    (grad,) = torch.autograd.grad(outputs, x_hat, create_graph=True)
-    grad = grad.float() if grad_scale == 1.0 else grad.float() / grad_scale
-    return (grad.flatten(1).norm(dim=1) - 1).pow(2).mean()
+    return (input_gradient(logits, x_hat, grad_scale).flatten(1).norm(dim=1) - 1).pow(2).mean()
 
 
 class Loss(NamedTuple):
@@ -122,10 +122,13 @@ def _identity(x: Tensor) -> Tensor:
 
 
 def d_objective(cfg: LossConfig, G: nn.Module, D: nn.Module, batch: Batch, augment: Optional[nn.Module] = None,
-                reg: bool = True, grad_scale: float = 1.0) -> tuple[Tensor, Stats]:
+                reg: bool = True, grad_scale: float = 1.0, r1_gamma: Optional[Tensor] = None,
+                r2_gamma: Optional[Tensor] = None) -> tuple[Tensor, Stats]:
     """D's loss on a real batch and on a batch of G's, G held fixed, plus the penalties when `reg`
     (weighted by loss.reg_every, which is lazy regularisation) -> (objective, stats). The
-    penalties differentiate through the augmentation, with respect to the un-augmented images."""
+    penalties differentiate through the augmentation, with respect to the un-augmented images.
+    loss.r1_gamma and loss.r2_gamma turn R1 and R2 on; `r1_gamma` and `r2_gamma`, device scalars
+    a schedule writes, weigh them in their stead."""
     aug = augment if augment is not None else _identity
     real, c = batch.x, batch.c  # (B, C, H, W) in [-1, 1] or (B, 2); (B,) labels or None
     z, c_fake = latents(G, len(real), real.device)
@@ -142,10 +145,12 @@ def d_objective(cfg: LossConfig, G: nn.Module, D: nn.Module, batch: Batch, augme
     objective = loss
     if r1:  # gamma/2 E||grad_x D(x)||^2 at real images (Mescheder et al. 2018)
         stats["r1"] = r1_penalty(real_logits, real_leaf, grad_scale)
-        objective = objective + cfg.r1_gamma / 2 * cfg.reg_every * stats["r1"]
+        weight = cfg.r1_gamma / 2 * cfg.reg_every if r1_gamma is None else r1_gamma / 2 * cfg.reg_every
+        objective = objective + weight * stats["r1"]
     if r2:  # the same at G's samples (R3GAN pairs it with R1)
         stats["r2"] = r1_penalty(fake_logits, fake_leaf, grad_scale)
-        objective = objective + cfg.r2_gamma / 2 * cfg.reg_every * stats["r2"]
+        weight = cfg.r2_gamma / 2 * cfg.reg_every if r2_gamma is None else r2_gamma / 2 * cfg.reg_every
+        objective = objective + weight * stats["r2"]
     if gp:  # lambda E(||grad D(x_hat)|| - 1)^2 at x_hat = eps x + (1 - eps) G(z), eps ~ U(0, 1) per sample
         eps = torch.rand(len(real), *[1] * (real.dim() - 1), device=real.device)
         hat_leaf, x_hat = _input_leaf(eps * real.detach() + (1 - eps) * fake.detach())

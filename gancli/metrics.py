@@ -59,7 +59,8 @@ def class_metrics(predicted: torch.Tensor, real_labels: torch.Tensor, n_classes:
     p, q = p / p.sum(), q / q.sum()
     nonzero = p > 0
     kl = (p[nonzero] * torch.log(p[nonzero] / q[nonzero])).sum()
-    return {"classes_covered": int(nonzero.sum()), "n_classes": n_classes, "class_kl": float(kl) if math.isfinite(kl) else math.inf}
+    return {"classes_covered": int(nonzero.sum()), "n_classes": n_classes,
+            "class_kl": float(kl) if math.isfinite(kl) else math.inf}
 
 
 def per_class_fd(real: torch.Tensor, real_labels: torch.Tensor, fake: torch.Tensor, fake_labels: torch.Tensor,

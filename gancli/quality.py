@@ -4,7 +4,6 @@ the protocol it was measured under: what `gancli eval` reports and training logs
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any, Optional
 
 import torch
@@ -21,7 +20,7 @@ log = logging.getLogger(__name__)
 
 
 def evaluate(fake: torch.Tensor, data: Data, data_cfg: DataConfig, device: torch.device, seed: int,
-             cache_dir: str, inception_weights: Optional[str] = None,
+             cache_dir: Optional[str], inception_weights: Optional[str] = None,
              asked: Optional[torch.Tensor] = None) -> dict[str, Any]:
     """The metrics of generated samples `fake` (from `generate`) for this kind of data, each
     with the protocol it was measured under. `asked`, the (N,) classes a conditional G was asked
@@ -41,7 +40,7 @@ def evaluate(fake: torch.Tensor, data: Data, data_cfg: DataConfig, device: torch
         # one digit classifier, trained on the real images' channels, labels each generated channel
         channel_digits = torch.stack([data.labels // 100, data.labels // 10 % 10, data.labels % 10], 1)  # (N, 3)
         channels = Data(x=data.x.reshape(-1, 1, *data.shape[1:]), labels=channel_digits.reshape(-1))
-        ref = reference_classifier(channels, Path(cache_dir), device)
+        ref = reference_classifier(channels, cache_dir, device)
         _, predicted = ref.embed(fake.reshape(-1, 1, *fake.shape[2:]), device)
         metrics = {**stacked_metrics(predicted.reshape(-1, 3)), "classifier_accuracy": ref.accuracy}
         if asked is not None:  # all three channel digits as asked
@@ -58,7 +57,7 @@ def evaluate(fake: torch.Tensor, data: Data, data_cfg: DataConfig, device: torch
     elif data.labels is None:
         raise GancliError(f"data={data_cfg.name.value} has no labels: the classifier metrics need a labelled data set")
     else:
-        ref = reference_classifier(data, Path(cache_dir), device)
+        ref = reference_classifier(data, cache_dir, device)
         train_real = data.x[ref.train_idx[:n]]
         held_real = data.x[ref.held_idx[:n]]
         real_feats, _ = ref.embed(to_model(train_real), device)

@@ -3,7 +3,8 @@
 Each folder is a run folder, a sweep (multirun) folder, or any folder searched for run folders.
 A run folder holds `.hydra/overrides.yaml`, `summary.json` or `timing.jsonl`; its own subfolders
 are not searched. The table is printed, and report.csv, report.json, loss.png, img_per_s.png and,
-when any run was evaluated, metrics.png are written into `out`: by default the one folder given,
+when any run was evaluated, metrics.png and metrics_time.png (each metric against steps and
+against minutes of training) are written into `out`: by default the one folder given,
 or the current directory when several are given.
 
 A run without summary.json is "incomplete" (killed, or still running). Files that cannot be read
@@ -29,7 +30,7 @@ from rich.table import Table
 from gancli.console import table_console
 from gancli.errors import GancliError
 from gancli.files import atomic, write_csv, write_json
-from gancli.runfolder import RunRecord, is_run_folder, number, read_run
+from gancli.runfolder import EVAL_WHEN, RunRecord, is_run_folder, number, read_run
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,8 @@ USAGE = """usage: gancli report <folder> [<folder> ...] [out=DIR] [over=KEY]
 
 One row per training run found in the folders (run folders, sweep folders, or folders that hold
 them): overrides that differ between runs, status, steps, wall time, img/s, final losses and the
-latest metrics. Writes report.csv, report.json, loss.png, img_per_s.png and metrics.png into
+latest metrics. Writes report.csv, report.json, loss.png, img_per_s.png, metrics.png and
+metrics_time.png (the metrics against minutes of training, so runs of different speeds compare) into
 out=DIR (default: the one folder given, or the current directory for several). over=seed adds a
 table of means and standard errors over the runs that differ only in that override, written to
 report_over_seed.csv and .json.
@@ -121,7 +123,8 @@ def find_runs(folders: list[Path]) -> list[Path]:
             raise GancliError(f"{folder} is a file; pass the run folder that holds it")
         found.update(dict.fromkeys(_walk(folder.resolve())))
     if not found:
-        raise GancliError(f"no run folders in {', '.join(map(str, folders))}; a run folder holds .hydra/overrides.yaml, "
+        raise GancliError(f"no run folders in {', '.join(map(str, folders))}; a run folder holds "
+                          ".hydra/overrides.yaml, "
                           "summary.json or timing.jsonl (pass a folder that gancli train wrote)")
     return sorted(found, key=_natural_key)
 
@@ -181,7 +184,8 @@ def report_rows(runs: list[RunRecord]) -> tuple[list[dict[str, Any]], list[str]]
     return rows, [*COLUMNS, *metric_columns.values(), "notes"]
 
 
-def group_rows(runs: list[RunRecord], rows: list[dict[str, Any]], columns: list[str], over: str) -> tuple[list[dict[str, Any]], list[str]]:
+def group_rows(runs: list[RunRecord], rows: list[dict[str, Any]], columns: list[str],
+               over: str) -> tuple[list[dict[str, Any]], list[str]]:
     """One row per set of runs that differ only in the override `over` (seed, say): for every
     numeric column the mean and the standard error of the mean over those runs, and how many
     there were. Failed and unreadable runs are left out, and counted in `left_out`."""
@@ -286,7 +290,8 @@ def _cell(row: dict[str, Any], column: str) -> str:
 
 
 def plot_runs(runs: list[RunRecord], labels: list[str], out: Path) -> list[str]:
-    """loss.png, img_per_s.png and, when any run was evaluated, metrics.png in `out`; returns their names."""
+    """loss.png, img_per_s.png and, when any run was evaluated, metrics.png (and metrics_time.png,
+    against training time) in `out`; returns their names."""
     # the Agg canvas and a bare Figure: no display, and no pyplot state shared with other code
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -308,35 +313,49 @@ def plot_runs(runs: list[RunRecord], labels: list[str], out: Path) -> list[str]:
     written.append(save(fig, "img_per_s.png"))
 
     evaluations = [run.evaluations for run in runs]
-    metrics = list(dict.fromkeys(k for rows in evaluations for row in rows for k in row if k != "step"))
+    metrics = list(dict.fromkeys(k for rows in evaluations for row in rows for k in row if k not in EVAL_WHEN))
     # reference values that never change (the real-data floor, the class count) are not curves
     varying = [m for m in metrics if len({row[m] for rows in evaluations for row in rows if m in row}) > 1]
     metrics = varying or metrics
     if metrics:
-        ncols = min(3, len(metrics))
-        nrows = math.ceil(len(metrics) / ncols)
-        fig = Figure(figsize=(4.5 * ncols, 3.2 * nrows), dpi=100, layout="constrained")
-        axes = list(fig.subplots(nrows, ncols, squeeze=False).flat)
-        for i, (ax, metric) in enumerate(zip(axes, metrics)):
-            _lines(ax, evaluations, labels, metric, legend=i == 0)
-        for ax in axes[len(metrics):]:
-            ax.set_visible(False)
-        written.append(save(fig, "metrics.png"))
+        written.append(save(_metric_grid(evaluations, labels, metrics, "step"), "metrics.png"))
+        # the same against training time, so that runs of different speeds compare at equal time
+        if any("train_s" in row for rows in evaluations for row in rows):
+            written.append(save(_metric_grid(evaluations, labels, metrics, "train_s"), "metrics_time.png"))
     return written
 
 
-def _lines(ax: Any, series: list[list[dict[str, Any]]], labels: list[str], key: str, legend: bool) -> None:
-    """One line per run of `key` against step; runs without that value are left out."""
+def _metric_grid(evaluations: list[list[dict[str, Any]]], labels: list[str], metrics: list[str], x: str) -> Any:
+    """A figure of one panel per metric, a line per run against `x` (step, or train_s in minutes)."""
+    from matplotlib.figure import Figure
+
+    ncols = min(3, len(metrics))
+    nrows = math.ceil(len(metrics) / ncols)
+    fig = Figure(figsize=(4.5 * ncols, 3.2 * nrows), dpi=100, layout="constrained")
+    axes = list(fig.subplots(nrows, ncols, squeeze=False).flat)
+    for i, (ax, metric) in enumerate(zip(axes, metrics)):
+        _lines(ax, evaluations, labels, metric, legend=i == 0, x=x)
+    for ax in axes[len(metrics):]:
+        ax.set_visible(False)
+    return fig
+
+
+def _lines(ax: Any, series: list[list[dict[str, Any]]], labels: list[str], key: str, legend: bool,
+           x: str = "step") -> None:
+    """One line per run of `key` against `x` (step, or train_s shown in minutes); rows without
+    either value are left out."""
     drawn = 0
+    scale = 1 / 60 if x == "train_s" else 1
     for i, (rows, label) in enumerate(zip(series, labels)):
-        points = [(row["step"], row[key]) for row in rows if number(row.get(key)) is not None]
+        points = [(row[x] * scale, row[key]) for row in rows
+                  if number(row.get(key)) is not None and number(row.get(x)) is not None]
         if points:
             steps, values = zip(*points)
             # a run keeps its colour across the plots
             ax.plot(steps, values, marker="o", markersize=3, linewidth=1.2, label=label, color=f"C{i % 10}")
             drawn += 1
     ax.set_title(key, fontsize=10)
-    ax.set_xlabel("step")
+    ax.set_xlabel("minutes of training" if x == "train_s" else x)
     ax.grid(alpha=0.3)
     if not drawn:
         ax.text(0.5, 0.5, f"no {key} values", ha="center", va="center", transform=ax.transAxes, color="gray")

@@ -21,7 +21,8 @@ from gancli.distributed import Ranks
 from gancli.errors import GancliError
 from gancli.flops import peak_flops, step_flops
 from gancli.inception import find_weights
-from gancli.models import build_models, check_pack
+from gancli.models import build_models
+from gancli.models.base import check_pack
 from gancli.state import TrainState
 from gancli.step import Executor
 from gancli.timing import Meter, SectionTimer
@@ -81,6 +82,7 @@ class Run:
         return {
             **self.state.state_dict(),
             "meter": self.meter.state_dict(),
+            "schedule": self.execute.schedule.state_dict(),
             "config": to_plain(self.cfg),
             "data_shape": list(self.data.shape),
             "classes": self.data.classes if self.state.G.n_classes else None,  # the name of each class G draws
@@ -158,6 +160,7 @@ def resume(run: Run, path: Path) -> None:
     check_resumable(saved, to_plain(run.cfg), [key for key, _ in run.state.parts()], path)
     load_into(run.state, saved, path)
     run.meter.load_state_dict(saved.get("meter") or {})
+    run.execute.schedule.load_state_dict(saved.get("schedule"))
     log.info("resumed from %s at step %d", path, run.state.step)
 
 

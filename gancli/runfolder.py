@@ -38,6 +38,9 @@ except ImportError:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
+# where in training an evaluation row (metrics.jsonl) was taken: not metrics
+EVAL_WHEN = ("step", "train_s", "elapsed_s")
+
 # What a run folder holds
 CONFIG = "config.yaml"  # the run's whole config, every check passed (Hydra's own is in .hydra/)
 OVERRIDES = ".hydra/overrides.yaml"  # the command line's overrides, as Hydra wrote them
@@ -229,7 +232,8 @@ class JsonLines:
                 row = json.loads(line)
             except ValueError:
                 continue
-            if line.endswith("\n") and isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= start:
+            whole = line.endswith("\n") and isinstance(row, dict) and isinstance(row.get("step"), int)
+            if whole and row["step"] <= start:
                 kept.append(line)
         if "".join(kept) != original:
             write_text(self.path, "".join(kept))
@@ -379,7 +383,7 @@ def read_run(path: Path) -> RunRecord:
                          round(sum(timed_img_per_s) / len(timed_img_per_s), 1) if timed_img_per_s else None),
         loss_d=_first(summary.get("loss_d"), last.get("loss_d")),
         loss_g=_first(summary.get("loss_g"), last.get("loss_g")),
-        metrics={k: v for k, v in metrics.items() if k != "step"},
+        metrics={k: v for k, v in metrics.items() if k not in EVAL_WHEN},
         timing=timing,
         evaluations=evaluations,
         notes=notes,

@@ -97,7 +97,8 @@ def resolve_precision(device: torch.device, precision: Precision) -> tuple[Preci
 def cpu_bf16_feature() -> Optional[str]:
     """The CPU feature that computes bf16 natively, AMX or AVX512-BF16, or None. torch's own
     probes (torch.cpu, as oneDNN sees the CPU) where it has them, else Linux's CPU flags."""
-    probes = (("AMX", "_is_amx_tile_supported", "amx_bf16"), ("AVX512-BF16", "_is_avx512_bf16_supported", "avx512_bf16"))
+    probes = (("AMX", "_is_amx_tile_supported", "amx_bf16"),
+              ("AVX512-BF16", "_is_avx512_bf16_supported", "avx512_bf16"))
     flags: Optional[set[str]] = None
     for name, probe, flag in probes:
         fn = getattr(torch.cpu, probe, None)
@@ -122,12 +123,15 @@ def check_precision(device: torch.device, precision: Precision) -> None:
         raise GancliError("precision=fp16 needs a CUDA or MPS device; on the CPU use precision=bf16 or fp32")
     if precision is Precision.tf32:
         if device.type != "cuda":
-            raise GancliError(f"precision=tf32 needs a CUDA GPU (TF32 is an NVIDIA tensor-core format); on {device.type} use fp32 or bf16")
+            raise GancliError("precision=tf32 needs a CUDA GPU (TF32 is an NVIDIA tensor-core format); "
+                              f"on {device.type} use fp32 or bf16")
         if torch.cuda.get_device_capability(device) < (8, 0):
-            raise GancliError(f"precision=tf32 needs an Ampere or newer GPU, not {torch.cuda.get_device_name(device)}; use fp32")
+            raise GancliError(f"precision=tf32 needs an Ampere or newer GPU, not {torch.cuda.get_device_name(device)}; "
+                              "use fp32")
     if precision is Precision.bf16:
         if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            raise GancliError(f"precision=bf16 is not supported by {torch.cuda.get_device_name(device)}; use fp16 or fp32")
+            raise GancliError(f"precision=bf16 is not supported by {torch.cuda.get_device_name(device)}; "
+                              "use fp16 or fp32")
         if device.type == "mps" and not _mps_supports_bf16():
             raise GancliError("precision=bf16 on MPS needs macOS 14 or newer; use fp16 or fp32")
 

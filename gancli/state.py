@@ -18,7 +18,7 @@ from torch import nn
 from gancli import runtime
 from gancli.accel import AccelPlan
 from gancli.augment import Augment
-from gancli.config import OptimizerConfig, OptimizerName, TrainApp
+from gancli.config import OptimizerConfig, OptimizerName, RampShape, TrainApp
 from gancli.ema import EMA
 from gancli.models import build_models
 
@@ -41,7 +41,8 @@ def make_optimizer(
             return torch.optim.Adam(params, lr=lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay, **kw)
         if cfg.name is OptimizerName.sgd:
             return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, **kw)
-        return torch.optim.RMSprop(params, lr=lr, alpha=cfg.alpha, momentum=cfg.momentum, weight_decay=cfg.weight_decay, **kw)
+        return torch.optim.RMSprop(params, lr=lr, alpha=cfg.alpha, momentum=cfg.momentum,
+                                   weight_decay=cfg.weight_decay, **kw)
 
     try:
         return build(**kernels)
@@ -65,9 +66,15 @@ class TrainState:
         if plan.channels_last:
             self.G.to(memory_format=torch.channels_last)
             self.D.to(memory_format=torch.channels_last)
-        opt = cfg.optimizer
-        self.opt_g = make_optimizer(opt, self.G.parameters(), opt.lr_g or opt.lr, plan.fused_optimizer, plan.cuda_graphs)
-        self.opt_d = make_optimizer(opt, self.D.parameters(), opt.lr_d or opt.lr, plan.fused_optimizer, plan.cuda_graphs)
+        opt, sched = cfg.optimizer, cfg.schedule
+        kernels = {"fused": plan.fused_optimizer, "capturable": plan.cuda_graphs}
+        self.opt_g = make_optimizer(opt, self.G.parameters(), opt.lr_g or opt.lr, **kernels)
+        self.opt_d = make_optimizer(opt, self.D.parameters(), opt.lr_d or opt.lr, **kernels)
+        if plan.cuda_graphs:  # what a schedule moves, as device tensors that the captured steps read
+            for ramp, optimizer, key in ((sched.lr_g, self.opt_g, "lr"), (sched.lr_d, self.opt_d, "lr"),
+                                         (sched.beta2, self.opt_g, "betas"), (sched.beta2, self.opt_d, "betas")):
+                if ramp.shape is not RampShape.constant:
+                    _tensor_hyperparameter(optimizer, key, device)
         self.scaler_g = runtime.grad_scaler(device, plan.precision)
         self.scaler_d = runtime.grad_scaler(device, plan.precision)
         self.ema = EMA(self.G) if cfg.ema.active else None
@@ -119,8 +126,11 @@ class TrainState:
     def state_dict(self) -> dict[str, Any]:
         """The state as plain data: each part's state, the step, the RNG state and the counters."""
         runtime.synchronize(self.device)
-        return {"step": self.step, **{key: part.state_dict() for key, part in self.parts()},
-                "rng": runtime.rng_state(self.device), "counters": self.counters()}
+        parts = {key: part.state_dict() for key, part in self.parts()}
+        for key in ("opt_g", "opt_d"):  # hyperparameters as numbers, whatever device they were read from
+            parts[key]["param_groups"] = [{name: _number(value) for name, value in group.items()}
+                                          for group in parts[key]["param_groups"]]
+        return {"step": self.step, **parts, "rng": runtime.rng_state(self.device), "counters": self.counters()}
 
     def load_state_dict(self, state: dict[str, Any], rng: bool = True) -> None:
         """Load a checkpoint's state into this one, tensor by tensor; a part that does not fit
@@ -139,6 +149,23 @@ class TrainState:
         self.set_counters(state.get("counters") or {})
         if rng:
             runtime.set_rng_state(state["rng"], self.device)
+
+
+def _tensor_hyperparameter(opt: torch.optim.Optimizer, key: str, device: torch.device) -> None:
+    """Each group's `key` (lr, or the betas) as device tensors, which a schedule writes in place."""
+    for group in opt.param_groups:
+        value = group[key]
+        group[key] = (tuple(torch.tensor(float(v), device=device) for v in value) if isinstance(value, tuple)
+                      else torch.tensor(float(value), device=device))
+
+
+def _number(value: Any) -> Any:
+    """A tensor hyperparameter (or a tuple of them) as Python floats; anything else as it is."""
+    if isinstance(value, torch.Tensor):
+        return float(value)
+    if isinstance(value, tuple) and any(isinstance(v, torch.Tensor) for v in value):
+        return tuple(float(v) for v in value)
+    return value
 
 
 def _load_optimizer(opt: torch.optim.Optimizer, state: dict[str, Any]) -> None:
@@ -160,7 +187,8 @@ def _load_optimizer(opt: torch.optim.Optimizer, state: dict[str, Any]) -> None:
                 old.copy_(value)
                 loaded[name] = old
     for group, old_group in zip(opt.param_groups, groups_before):
-        for name, old in old_group.items():  # a scheduled learning rate, say, held as a tensor
-            if isinstance(old, torch.Tensor) and name != "params":
-                old.copy_(torch.as_tensor(group[name]))
-                group[name] = old
+        for name, old in old_group.items():  # a scheduled learning rate or beta2, held as tensors
+            if isinstance(old, torch.Tensor):
+                group[name] = old.fill_(float(group[name]))
+            elif isinstance(old, tuple) and all(isinstance(v, torch.Tensor) for v in old):
+                group[name] = tuple(t.fill_(float(v)) for t, v in zip(old, group[name]))

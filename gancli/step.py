@@ -25,6 +25,7 @@ from gancli.data import Batch, Batches, Data, LoaderBatches
 from gancli.distributed import Ranks
 from gancli.ema import ema_beta
 from gancli.losses import Stats, d_objective, g_objective
+from gancli.schedule import Schedule
 from gancli.state import TrainState
 from gancli.timing import SectionTimer
 
@@ -59,6 +60,10 @@ class Executor:
         self.loss_cfg, self.ema_cfg, self.augment_cfg = cfg.loss, cfg.ema, cfg.augment
         self.batch_size, self.d_steps = cfg.train.batch_size, cfg.train.d_steps
         self.images_per_step = cfg.train.batch_size * ranks.world_size  # G's samples per update, every rank
+        # values that ramp (schedule.py); the penalties' weights as device scalars that graphs read
+        self.schedule = Schedule(cfg, self.images_per_step)
+        self.gammas = {key: torch.tensor(getattr(cfg.loss, key), device=device)
+                       for key in ("r1_gamma", "r2_gamma") if key in self.schedule}
 
         batches_cls = LoaderBatches if plan.dataloader else Batches
         layout = torch.channels_last if plan.channels_last else torch.contiguous_format
@@ -113,7 +118,7 @@ class Executor:
         state.D.requires_grad_(True)
         with runtime.autocast(self.device, self.precision, cache=not self.plan.cuda_graphs):
             objective, stats = d_objective(self.loss_cfg, self.G_fixed, self.D_train, batch, state.augment, reg,
-                                           self._grad_scale(state.scaler_d) if reg else 1.0)
+                                           self._grad_scale(state.scaler_d) if reg else 1.0, **self.gammas)
         self._apply(objective, state.opt_d, state.scaler_d)
         self._d_stats[reg].add(stats)
         self._read(stats)
@@ -169,6 +174,8 @@ class Executor:
         if setup:
             runtime.synchronize(self.device)
             t0 = time.perf_counter()
+        values = self.schedule.at(step * self.images_per_step)
+        self._set(values)
         with self.timer.section("data"):
             batches = [self.batches(first + k) for k in range(self.d_steps)]
         with self.timer.section("d_step"):
@@ -181,7 +188,8 @@ class Executor:
                 self._d_stats[reg].n += 1
         with self.timer.section("g_step"):
             if state.ema is not None:
-                state.ema.set_beta(ema_beta(self.ema_cfg.half_life_kimg, self.ema_cfg.rampup, self.images_per_step,
+                half_life = values.get("ema_half_life_kimg", self.ema_cfg.half_life_kimg)
+                state.ema.set_beta(ema_beta(half_life, self.ema_cfg.rampup, self.images_per_step,
                                             step * self.images_per_step))
             if self.static is not None:  # it holds the last D batch, which G's update takes
                 self._g()
@@ -196,6 +204,23 @@ class Executor:
             self.setup_s += time.perf_counter() - t0
             self._compiling = False
         return not setup
+
+    def _set(self, values: dict[str, float]) -> None:
+        """Write this step's scheduled values where the updates read them: the optimizers' groups
+        (as device tensors under CUDA graphs), the penalties' weights and the augmentation's p."""
+        state = self.state
+        for key, opt in (("lr_g", state.opt_g), ("lr_d", state.opt_d)):
+            if key in values:
+                for group in opt.param_groups:
+                    group["lr"] = _write(group["lr"], values[key])
+        if "beta2" in values:
+            for group in (*state.opt_g.param_groups, *state.opt_d.param_groups):
+                beta1, beta2 = group["betas"]
+                group["betas"] = (beta1, _write(beta2, values["beta2"]))
+        for key, gamma in self.gammas.items():
+            gamma.fill_(values[key])
+        if "augment_p" in values:
+            state.augment.p.fill_(values["augment_p"])
 
     def _copy_into_static(self, batch: Batch) -> None:
         self.static.x.copy_(batch.x)
@@ -223,3 +248,10 @@ class Executor:
                 counts[key] = counts.get(key, 0) + run.n
         means = torch.stack([sums[key] / counts[key] for key in sums]).tolist() if sums else []
         return dict(zip(sums, means))
+
+
+def _write(old: float | torch.Tensor, value: float) -> float | torch.Tensor:
+    """`value` in place of `old`: into it where it is a tensor (a captured graph reads that memory)."""
+    if isinstance(old, torch.Tensor):
+        return old.fill_(value)
+    return value

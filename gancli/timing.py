@@ -5,6 +5,7 @@ and one cross-rank reduction per interval."""
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections import defaultdict
 from typing import Any, Iterator
@@ -105,7 +106,8 @@ class Meter:
         sums = self.ranks.sum(list(values.values()), self.device)
         return {key: total / self.ranks.world_size for key, total in zip(values, sums)}
 
-    def read(self, step: int, stats: dict[str, float], flags: dict[str, float]) -> tuple[dict[str, Any], dict[str, bool]]:
+    def read(self, step: int, stats: dict[str, float],
+             flags: dict[str, float]) -> tuple[dict[str, Any], dict[str, bool]]:
         """The interval's row for timing.jsonl (step, times, img/s over every rank, MFU, each stat's
         mean over the ranks) and each flag, true when any rank raised it; then a new interval.
         `stats` are the interval's means on this rank, read after this call's sync."""
@@ -138,13 +140,23 @@ class Meter:
         """Images per second over this session's training time, every rank; None before any was timed."""
         return self.images / self.train_s if self.train_s > 0 else None
 
+    def images_by(self, budget_s: float, images_seen: float) -> float:
+        """The images the run will have seen when its training time reaches `budget_s`: those seen
+        so far plus this session's throughput times the seconds left (math.inf before a step has
+        been timed). Read at a log line, when the interval's time has been counted."""
+        img_per_s = self.img_per_s()
+        if img_per_s is None:
+            return math.inf
+        return images_seen + img_per_s * max(budget_s - self.training_seconds(), 0.0)
+
     def totals(self) -> dict[str, Any]:
         """This session's training time, throughput and MFU, for the summary."""
         img_per_s = self.img_per_s()
         return {
             "train_s": round(self.train_s, 3),
             "img_per_s": round(img_per_s, 1) if img_per_s else None,
-            "mfu": round(self.flops_per_step * img_per_s / self.global_batch / self.peak_flops, 5) if img_per_s else None,
+            "mfu": round(self.flops_per_step * img_per_s / self.global_batch / self.peak_flops, 5)
+            if img_per_s else None,
         }
 
     def state_dict(self) -> dict[str, float]:

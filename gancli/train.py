@@ -110,33 +110,39 @@ def _train(cfg: TrainApp, run_dir: Path, folder: Optional[RunFolder]) -> dict[st
         out.checkpoint(run.checkpoint(), keep=False)
 
     # The loop: a step, then what its intervals ask for (a log line, a grid, a checkpoint, an evaluation).
-    start, status, metrics = state.step, "completed", None
+    start, status, ended_by, metrics = state.step, "completed", "train.steps", None
     stats: dict[str, float] = {"loss_d": float("nan"), "loss_g": float("nan")}  # the last interval's means
-    with progress_bar(loop.steps, start, show=ranks.is_main) as bar, \
+    budget_s = loop.minutes * 60 if loop.minutes else None  # training seconds, set-up and pauses excluded
+    steps = loop.steps if budget_s is None else math.inf
+    with progress_bar(loop.steps if budget_s is None else None, start, show=ranks.is_main) as bar, \
             _StopSignals(repeat_quits=not ranks.data_parallel) as stop, contextlib.closing(out):
         meter.begin()
-        while state.step < loop.steps:
+        while state.step < steps:
             if stop.requested and not ranks.data_parallel:  # data-parallel ranks agree at a log line
                 status = "interrupted"
                 break
             meter.count(execute())  # D update(s), then G's; compilation and capture count as set-up
             step = state.step
             bar.update(step)
+            # past the time budget: one process stops now, data-parallel ranks together at a log line
+            over = budget_s is not None and meter.training_seconds() >= budget_s
             sample_now, ckpt_now, eval_now = (_due(step, every) for every in
                                               (loop.sample_every, loop.ckpt_every, cfg.eval.every))
 
             # Once per interval: the one host sync and, data-parallel, the one all-reduce.
             problems: list[str] = []
-            if step % loop.log_every == 0 or step == loop.steps:
+            if step % loop.log_every == 0 or step == steps or (over and not ranks.data_parallel):
                 means = execute.take_stats()  # every stat the objective logs, averaged over the interval
-                row, raised = meter.read(step, means, {"stop": float(stop.requested)})
+                row, raised = meter.read(step, means, {"stop": float(stop.requested), "budget": float(over)})
                 stats = {key: row[key] for key in means}
+                if budget_s is not None:  # schedules span what the budget holds at the throughput so far
+                    execute.schedule.length_images = meter.images_by(budget_s, step * meter.global_batch)
                 with meter.paused():
-                    out.log({**row, **state.counters()})
-                    _show(bar, row, stats, loop.steps)
+                    out.log({**row, **execute.schedule.at(step * meter.global_batch), **state.counters()})
+                    _show(bar, row, stats, execute.schedule.length_images / meter.global_batch)
                 problems = _divergence(stats, loop.divergence_limit)
-                if raised["stop"] and not problems:
-                    status = "interrupted"
+                if (raised["stop"] or raised["budget"]) and not problems:
+                    status, ended_by = ("interrupted", "signal") if raised["stop"] else ("completed", "train.minutes")
                     break
             elif ckpt_now:  # a checkpoint between log lines: what it would save must be sound too
                 problems = _divergence(meter.reduce(execute.peek_stats()), loop.divergence_limit)
@@ -167,14 +173,15 @@ def _train(cfg: TrainApp, run_dir: Path, folder: Optional[RunFolder]) -> dict[st
         out.checkpoint(run.checkpoint(), keep=False)
         if not out.grid_path(state.step).exists():
             out.grid(state.step, *grid.draw(state.G_sample))
-        summary = _summary(run, status, stop.signum, stats, metrics, checksums, resumed_from, run_dir)
+        summary = _summary(run, status, ended_by, stop.signum, stats, metrics, checksums, resumed_from, run_dir)
         out.summary(summary)
     ranks.barrier()  # every rank leaves once rank 0's last files are written
     if status == "interrupted":
         log.warning("interrupted at step %d; checkpoint saved. Continue with: gancli train <same overrides> "
                     "train.resume=auto hydra.run.dir=%s", state.step, run_dir)
     else:
-        log.info("done: %d steps in %.1f s (%s img/s); %s", state.step, summary["wall_s"], summary["img_per_s"], run_dir)
+        log.info("done: %d steps in %.1f s (%s img/s); %s", state.step, summary["wall_s"], summary["img_per_s"],
+                 run_dir)
     return summary
 
 
@@ -212,9 +219,10 @@ class _Grid:
 def _log_start(run: Run, run_dir: Path) -> None:
     """What is trained where, how, and why the plan left out what it did."""
     cfg, plan, ranks = run.cfg, run.plan, run.ranks
+    length = f"{cfg.train.minutes:g} minutes of training" if cfg.train.minutes else f"{cfg.train.steps} steps"
     log.info(
-        "training %s on %s (%s) for %d steps, batch %d, %s, %s, accel=%s; run folder %s",
-        cfg.model.name, cfg.data.name.value, "x".join(map(str, run.data.shape)), cfg.train.steps,
+        "training %s on %s (%s) for %s, batch %d, %s, %s, accel=%s; run folder %s",
+        cfg.model.name, cfg.data.name.value, "x".join(map(str, run.data.shape)), length,
         cfg.train.batch_size, runtime.describe(run.device), plan.precision.value, plan.name, run_dir,
     )
     if ranks.data_parallel:
@@ -224,40 +232,53 @@ def _log_start(run: Run, run_dir: Path) -> None:
     log.info("precision %s: %s", plan.precision.value, plan.precision_reason)
     for note in plan.notes:
         log.info(note)
+    for key, (ramp, start, end) in run.execute.schedule.ramps.items():
+        span = f"{ramp.kimg:g} kimg" if ramp.kimg is not None else "the run"
+        warmup = f" after a warm-up of {ramp.warmup_kimg:g} kimg" if ramp.warmup_kimg else ""
+        log.info("schedule: %s from %g to %g, %s over %s%s", key, start, end, ramp.shape.value, span, warmup)
     if cfg.loss.name is LossName.wasserstein and not cfg.loss.gp_lambda and cfg.model.spectral_norm in (
             SpectralNorm.none, SpectralNorm.g):
         log.warning("loss=wasserstein with neither loss.gp_lambda nor spectral norm on D: nothing bounds the critic's "
                     "slope, so its scores can grow without limit (experiment=wgan_gp sets a gradient penalty)")
 
 
-def _show(bar: progress_bar, row: dict[str, Any], stats: dict[str, float], steps: int) -> None:
-    """A log interval on the progress bar and in the log."""
+def _show(bar: progress_bar, row: dict[str, Any], stats: dict[str, float], steps: float) -> None:
+    """A log interval on the progress bar and in the log; `steps`: the run's, or its estimate under
+    a time budget (inf before one)."""
     line = f"loss_d {stats['loss_d']:.3f}  loss_g {stats['loss_g']:.3f}  {row['img_per_s']:.0f} img/s"
-    bar.update(row["step"], line)
-    log.info("step %d/%d  %s  (d %.1f ms, g %.1f ms, data %.1f ms, MFU %.1f%%)", row["step"], steps, line,
-             row["d_step_ms"], row["g_step_ms"], row["data_ms"], 100 * row["mfu"])
+    total = round(steps) if math.isfinite(steps) else None
+    bar.update(row["step"], line, total=total)
+    log.info("step %d/%s  %s  (d %.1f ms, g %.1f ms, data %.1f ms, MFU %.1f%%)", row["step"],
+             "?" if total is None else total, line, row["d_step_ms"], row["g_step_ms"], row["data_ms"],
+             100 * row["mfu"])
 
 
 def _evaluate(run: Run, step: int) -> dict[str, Any]:
     """The metrics of the generator grids sample from, at `step`, into the log and metrics.jsonl."""
     cfg = run.cfg
+    when = {"step": step, "train_s": round(run.meter.training_seconds(), 3),  # quality against training time
+            "elapsed_s": round(timing.clock() - run.meter.t_start, 3)}
     fake, asked = generate(run.state.G_sample, cfg.eval.n, run.device, cfg.seed)
-    metrics = {"step": step, **evaluate(fake, run.data, cfg.data, run.device, cfg.seed, cfg.eval.cache_dir,
-                                        cfg.eval.inception_weights, asked)}
+    metrics = {**when, **evaluate(fake, run.data, cfg.data, run.device, cfg.seed, cfg.eval.cache_dir,
+                                  cfg.eval.inception_weights, asked)}
     log.info("step %d metrics: %s", step, ", ".join(
-        f"{k} {v:.4g}" for k, v in metrics.items() if isinstance(v, (int, float)) and k != "step"))
+        f"{k} {v:.4g}" for k, v in metrics.items() if isinstance(v, (int, float)) and k not in when))
     return metrics
 
 
-def _summary(run: Run, status: str, signum: int, stats: dict[str, float], metrics: Optional[dict[str, Any]],
-             checksums: Optional[list[float]], resumed_from: Optional[Path], run_dir: Path) -> dict[str, Any]:
+def _summary(run: Run, status: str, ended_by: str, signum: int, stats: dict[str, float],
+             metrics: Optional[dict[str, Any]], checksums: Optional[list[float]], resumed_from: Optional[Path],
+             run_dir: Path) -> dict[str, Any]:
     """summary.json: how the run ended, its totals, and what ran where."""
     cfg, plan, ranks, meter = run.cfg, run.plan, run.ranks, run.meter
     summary = {
         "status": status,
+        "ended_by": ended_by,  # train.steps, train.minutes (the time budget) or a signal
         "stopped_by": signal.Signals(signum).name if status == "interrupted" and signum else None,
         "steps": run.state.step,
-        "target_steps": cfg.train.steps,
+        "target_steps": None if cfg.train.minutes else cfg.train.steps,
+        "minutes": cfg.train.minutes,  # the time budget, if any
+        "train_s_total": round(meter.state_dict()["train_s"], 3),  # every session's, toward train.minutes
         "wall_s": round(timing.clock() - meter.t_start, 3),
         **meter.totals(),  # train_s, img_per_s, mfu
         "setup_s": round(run.execute.setup_s, 3),  # compilation and graph capture, outside img/s

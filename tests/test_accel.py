@@ -226,10 +226,12 @@ def test_step_flops_scale_with_batch_and_d_steps():
 
 def test_bench_writes_its_table(tmp_path):
     proc = run_gancli("bench", "model=mlp", "model.width=16", "data.n=256", "train.batch_size=8,16",
-                      "accel=baseline,fast", "precision=fp32", "bench.warmup=1", "bench.steps=2", "bench.repeats=2", "device=cpu",
+                      "accel=baseline,fast", "precision=fp32", "bench.warmup=1", "bench.steps=2", "bench.repeats=2",
+                      "device=cpu",
                       f"hydra.run.dir={tmp_path / 'bench'}", cwd=tmp_path)
     rows = read_json(tmp_path / "bench" / "bench.json")
-    assert [(r["variant"], r["batch_size"]) for r in rows] == [("baseline", 8), ("fast", 8), ("baseline", 16), ("fast", 16)]
+    assert [(r["variant"], r["batch_size"]) for r in rows] == [("baseline", 8), ("fast", 8), ("baseline", 16),
+                                                               ("fast", 16)]
     for row in rows:
         assert set(row) >= {"variant", "batch_size", "precision", "ms_per_step", "img_per_s", "speedup", "mfu",
                             "peak_mem_mb"}

@@ -249,6 +249,7 @@ def conditional_run(tmp_path_factory, shared_cache_dir):
     return run, summary
 
 
+@pytest.mark.slow
 def test_conditional_training_saves_class_names_and_scores_asked_classes(conditional_run):
     from gancli.checkpoint import load
 

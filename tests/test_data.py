@@ -76,7 +76,7 @@ def test_truncated_idx_is_reported(tmp_path):
 
 
 def test_missing_mnist_offline_says_where_to_put_it(tmp_path, monkeypatch):
-    monkeypatch.setattr("gancli.data._download", lambda cfg: None)  # as if offline
+    monkeypatch.setattr("gancli.datasets._download", lambda cfg: None)  # as if offline
     with pytest.raises(GancliError) as info:
         load_data(DataConfig(name=DataName.fashion_mnist, root=str(tmp_path)), seed=0)
     assert "train-images-idx3-ubyte" in str(info.value) and "FashionMNIST" in str(info.value)
@@ -212,3 +212,19 @@ def test_stacked_mnist_from_local_files(tmp_path):
         for channel, digit in enumerate(digits):
             source = [i for i in range(30) if torch.equal(base[i], image[channel])]
             assert source and labels[source[0]] == digit  # each channel is a real digit with its label
+
+
+def test_the_data_sets_are_one_table():
+    """The one list of the data sets in the tests: each is one table entry with its YAML, and
+    the config's enum is built from the table."""
+    from pathlib import Path
+
+    from gancli.datasets import DATASETS
+
+    assert set(DATASETS) == {"digits", "mnist", "fashion_mnist", "cifar10", "folder", "ring", "grid", "fake",
+                             "stacked_mnist"}
+    configs = Path(__file__).resolve().parents[1] / "configs" / "data"
+    assert sorted(p.stem for p in configs.glob("*.yaml")) == sorted(DATASETS) == sorted(d.value for d in DataName)
+    for name, ds in DATASETS.items():
+        assert ds.points == (data_shape(DataConfig(name=DataName[name])) == (2,))
+        assert not ds.measured or ds.points or ds.classes is not None, name  # the metrics need classes or centres

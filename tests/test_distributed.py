@@ -62,6 +62,7 @@ def test_resume_at_a_different_world_size(ddp_run, tmp_path):
     assert any(not torch.equal(resumed["G"][k], saved["G"][k]) for k in saved["G"])  # it went on training
 
 
+@pytest.mark.slow
 def test_one_process_under_torchrun_trains_the_plain_run_s_model(tmp_path):
     # DDP over one rank all-reduces nothing away: the same batches, noise and updates
     run_torchrun(1, "train", *TINY, *RECIPE, f"hydra.run.dir={tmp_path / 'ddp'}", cwd=tmp_path)

@@ -54,7 +54,7 @@ def test_eval_of_an_image_run(tiny_run, tmp_path, shared_cache, monkeypatch):
 
     from gancli.config import DataConfig, DataName
     from gancli.data import load_data, to_model
-    from gancli.evaluate import evaluate
+    from gancli.quality import evaluate
 
     data_cfg = DataConfig(name=DataName.digits)
     data = load_data(data_cfg, 0)
@@ -93,6 +93,7 @@ def test_eval_needs_labels_or_centres(tmp_path, shared_cache):
         cli.preflight(evaluate, [f"ckpt={tmp_path / 'none.pt'}", "device=cpu"])
 
 
+@pytest.mark.slow
 def test_stacked_mnist_eval(tmp_path, cache):
     import gzip
     import struct
@@ -111,7 +112,8 @@ def test_stacked_mnist_eval(tmp_path, cache):
 
     run = tmp_path / "run"
     train(compose_train("data=stacked_mnist", f"data.root={tmp_path}", "data.split=test", "data.n=200",
-                        "model.g_width=8", "model.d_width=8", "train.steps=2", "train.batch_size=16", "device=cpu"), run)
+                        "model.g_width=8", "model.d_width=8", "train.steps=2", "train.batch_size=16",
+                        "device=cpu"), run)
     run_eval(EvalApp(ckpt=str(run), n=100, cache_dir=str(cache)))
     metrics = read_json(run / "metrics.json")
     assert metrics["n_modes"] == 1000 and 1 <= metrics["modes"] <= 100
@@ -119,6 +121,7 @@ def test_stacked_mnist_eval(tmp_path, cache):
     assert metrics["protocol"]["n_real"] == 600 and "single channels" in metrics["protocol"]["feature_extractor"]
 
 
+@pytest.mark.slow
 def test_inception_fid_and_kid_with_weights_on_disk(tiny_run, tmp_path, shared_cache, monkeypatch):
     from torch_fidelity import feature_extractor_inceptionv3 as fidelity
 

@@ -83,7 +83,8 @@ def _rows(run_dir: Path, name: str = "timing.jsonl") -> list[dict]:
 def _assert_same_run(run_dir: Path, reference: Path) -> None:
     """`run_dir` ended where the uninterrupted `reference` did: same weights and optimizer state,
     same timing rows, same sample grids, byte for byte."""
-    ours, theirs = checkpoint.load(run_dir / "checkpoints" / "last.pt"), checkpoint.load(reference / "checkpoints" / "last.pt")
+    ours = checkpoint.load(run_dir / "checkpoints" / "last.pt")
+    theirs = checkpoint.load(reference / "checkpoints" / "last.pt")
     assert ours["step"] == theirs["step"]
     for part in ("G", "D"):
         for key, value in theirs[part].items():
@@ -407,7 +408,8 @@ def _fail_on(nth: int, exc: OSError, replace: bool = False):
     # the second checkpoint write, last.pt at step 6
     (_fail_on(2, OSError(errno.ENOSPC, "No space left on device")), "last.pt (No space left on device)"),
     # the third rename: last.pt at 3, step_000003.pt, then last.pt at 6
-    (_fail_on(3, PermissionError(errno.EROFS, "Read-only file system"), replace=True), "last.pt (Read-only file system)"),
+    (_fail_on(3, PermissionError(errno.EROFS, "Read-only file system"), replace=True),
+     "last.pt (Read-only file system)"),
 ], ids=["disk-full", "read-only"])
 def test_a_write_that_fails_mid_run_is_one_line_and_keeps_the_last_checkpoint(tmp_path, monkeypatch, fault, expected):
     monkeypatch.setattr(*fault)

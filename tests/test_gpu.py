@@ -59,3 +59,30 @@ def test_a_loaded_checkpoint_replays_in_the_graphs_it_was_captured_for(tmp_path)
     assert run.execute.captures() == captures and run.state.step == 12
     for a, b in zip(first, run.state.G.state_dict().values()):
         assert torch.allclose(a, b.float(), rtol=1e-2, atol=1e-3)
+
+
+def test_schedules_move_inside_the_graphs_without_a_recapture():
+    """G's learning rate ramps to 0 over 8 steps, beta2, gamma and the augmentation's p move too:
+    the captured steps read the values a schedule writes, so G stops changing once its rate is 0
+    (a rate baked in at capture would keep it moving), with no second capture."""
+    from gancli.run import setup
+
+    batch = 32
+    run = setup(compose_train("device=cuda", "precision=bf16", "model=classic", f"train.batch_size={batch}",
+                              "train.steps=100", "schedule.lr_g.shape=linear", "schedule.lr_g.end=0",
+                              f"schedule.lr_g.kimg={8 * batch / 1000}", "schedule.beta2.shape=cosine",
+                              "schedule.beta2.start=0.9", "schedule.r1_gamma.shape=cosine", "schedule.r1_gamma.end=1",
+                              "augment=diffaug", "schedule.augment_p.shape=linear", "schedule.augment_p.start=0"))
+    assert run.plan.cuda_graphs and not run.plan.fused_optimizer  # a scheduled beta2: foreach kernels
+    for _ in range(9):
+        run.execute()
+    captures = run.execute.captures()
+    assert captures == 2
+    before = [p.detach().clone() for p in run.state.G.parameters()]
+    d_before = [p.detach().clone() for p in run.state.D.parameters()]
+    for _ in range(4):
+        run.execute()
+    assert float(run.state.opt_g.param_groups[0]["lr"]) == 0.0
+    assert all(torch.equal(a, b) for a, b in zip(before, run.state.G.parameters()))
+    assert not all(torch.equal(a, b) for a, b in zip(d_before, run.state.D.parameters()))
+    assert run.execute.captures() == captures

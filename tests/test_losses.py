@@ -110,7 +110,10 @@ def test_rpgan_against_hand_computed_values():
     from gancli.losses import d_loss_rpgan, g_loss_rpgan
 
     diff = [-3.0, 1.0, 3.0, -3.5]  # fake - real, pair by pair
-    softplus = lambda v: math.log1p(math.exp(v))
+
+    def softplus(v):
+        return math.log1p(math.exp(v))
+
     assert d_loss_rpgan(REAL, FAKE).item() == pytest.approx(sum(map(softplus, diff)) / 4, rel=1e-6)
     assert g_loss_rpgan(FAKE, REAL).item() == pytest.approx(sum(softplus(-v) for v in diff) / 4, rel=1e-6)
     assert LOSSES[LossName.rpgan].g_needs_real and not LOSSES[LossName.hinge].g_needs_real

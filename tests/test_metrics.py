@@ -6,7 +6,8 @@ import torch
 
 from gancli.config import DataConfig, DataName
 from gancli.data import load_data
-from gancli.metrics import (class_metrics, density_coverage, frechet_distance, kernel_inception_distance, mixture_metrics,
+from gancli.metrics import (class_metrics, density_coverage, frechet_distance, kernel_inception_distance,
+                            mixture_metrics,
                             precision_recall, stacked_metrics)
 
 

@@ -19,7 +19,16 @@ def _check(G, D, shape, batch=3):
 
 
 def test_registry_names():
+    """The one list of the families in the tests: every other test takes them from the registry,
+    and each family has its YAML and a conditional case."""
+    from pathlib import Path
+
+    from test_conditional import FAMILIES as CONDITIONAL_CASES
+
     assert set(FAMILIES) == {"classic", "dcgan", "mlp", "residual", "resnet"}
+    configs = Path(__file__).resolve().parents[1] / "configs" / "model"
+    assert sorted(p.stem for p in configs.glob("*.yaml")) == sorted(FAMILIES)
+    assert {cfg.name for cfg, _ in CONDITIONAL_CASES} == set(FAMILIES)
 
 
 def test_classic_is_the_classic_mnist_gan():
@@ -138,7 +147,8 @@ def test_packed_training_runs_with_penalties_and_augmentation(tmp_path, override
     from gancli.train import train
     from test_config import compose_train
 
-    cfg = compose_train("device=cpu", "train.steps=4", "train.log_every=2", "train.sample_every=0", "train.ckpt_every=0",
+    cfg = compose_train("device=cpu", "train.steps=4", "train.log_every=2", "train.sample_every=0",
+                        "train.ckpt_every=0",
                         *overrides)
     summary = train(cfg, tmp_path / "run")
     assert summary["status"] == "completed" and summary["steps"] == 4

@@ -36,7 +36,8 @@ def test_spectral_norm_keeps_each_layers_largest_singular_value_near_one(which):
     G, D = build_models(dcgan.Config(g_width=8, d_width=8, spectral_norm=which), (1, 28, 28))
     for _ in range(30):  # one power iteration per training forward
         D(G(torch.randn(8, G.z_dim)))
-    for net, on in ((D, which in (SpectralNorm.d, SpectralNorm.both)), (G, which in (SpectralNorm.g, SpectralNorm.both))):
+    on_d, on_g = which in (SpectralNorm.d, SpectralNorm.both), which in (SpectralNorm.g, SpectralNorm.both)
+    for net, on in ((D, on_d), (G, on_g)):
         layers = _normalised(net)
         convs = [m for m in net.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
         assert len(layers) == (len(convs) if on else 0)  # every conv of the chosen networks, no other

@@ -214,3 +214,19 @@ def test_over_seed_gives_means_and_standard_errors(tmp_path, capsys):
         assert next(csv.reader(f))[:5] == ["overrides", "runs", "left_out", "steps", "steps_se"]
     with pytest.raises(GancliError, match="over=a b"):
         report.main([str(sweep), "over=a b"])
+
+
+def test_metrics_are_plotted_against_training_time_where_rows_have_it(tmp_path):
+    """Each evaluation row records its minutes of training: a fast and a slow run compare at
+    equal time in metrics_time.png; the time columns are not metrics."""
+    root = tmp_path / "runs"
+    make_run(root / "fast", summary=completed(),
+             metrics=[{"step": 100, "train_s": 60.0, "elapsed_s": 70.0, "fd": 3.0},
+                      {"step": 200, "train_s": 120.0, "elapsed_s": 140.0, "fd": 2.0}])
+    make_run(root / "slow", summary=completed(),
+             metrics=[{"step": 100, "train_s": 240.0, "elapsed_s": 250.0, "fd": 2.5}])
+    report.main([str(root)])
+    with open(root / "report.csv", newline="") as f:
+        header = next(csv.reader(f))
+    assert "fd" in header and "train_s" not in header and "elapsed_s" not in header
+    assert is_png(root / "metrics.png") and is_png(root / "metrics_time.png")

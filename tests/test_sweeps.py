@@ -60,6 +60,7 @@ def test_a_missing_plugin_is_one_line_naming_the_extra(group, name, args, extra)
     assert "\n" not in message and f'pip install "gancli[{extra}]"' in message
 
 
+@pytest.mark.slow
 def test_joblib_sweep_runs_in_parallel_and_a_failed_job_does_not_end_it(tmp_path):
     empty = tmp_path / "no_images"
     empty.mkdir()

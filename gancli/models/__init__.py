@@ -18,8 +18,7 @@ from torch.nn.utils import parametrizations
 
 from gancli.errors import GancliError
 from gancli.models import classic, dcgan, mlp, residual, resnet
-from gancli.models.base import (ConditionalBatchNorm, ModelConfig, Packed, SpectralNorm, Traits, check_pack,
-                                check_shape)
+from gancli.models.base import ConditionalBatchNorm, ModelConfig, Packed, SpectralNorm, Traits, check_shape
 
 FAMILIES: dict[str, ModuleType] = {m.Config.name: m for m in (classic, dcgan, mlp, resnet, residual)}
 # earlier names of a family, so that checkpoints written under them still load

@@ -85,7 +85,8 @@ class Discriminator(nn.Module):
         # (B, C, H, W) -> (B, d_width, H/2, W/2); no batch norm on the input layer
         layers: list[nn.Module] = [nn.Conv2d(shape[0], width, 4, 2, 1, bias=False), nn.LeakyReLU(0.2, True)]
         for _ in range(downs - 1):
-            layers += [nn.Conv2d(width, width * 2, 4, 2, 1, bias=False), nn.BatchNorm2d(width * 2), nn.LeakyReLU(0.2, True)]
+            layers += [nn.Conv2d(width, width * 2, 4, 2, 1, bias=False), nn.BatchNorm2d(width * 2),
+                       nn.LeakyReLU(0.2, True)]
             width *= 2
         layers += [ConvToPoint(width, 1, base, 1, 0, bias=False)]  # (B, 1, 1, 1) logits, a matrix product
         self.net = nn.Sequential(*layers)

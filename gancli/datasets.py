@@ -1,0 +1,343 @@
+"""The data sets, one table: each states its traits (how it loads, its channels, whether it is
+2-D points, its classes, whether the metrics can measure it, what downloads it) the way a model
+family does, so that no other code decides them from its name. A new data set is one entry
+here and one YAML file in configs/data/.
+
+Images load as uint8 (N, C, H, W) and 2-D mixtures as float32 (N, 2) points in their own
+coordinates. This module reads the data config's fields but does not import the config module,
+whose `DataName` is built from this table.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import io
+import logging
+import math
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+from gancli.errors import GancliError
+
+if TYPE_CHECKING:
+    import PIL.Image
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+MIN_SIDE = 8  # pixels: a smaller image (a 1x1 placeholder, an icon) is not training data
+
+
+@dataclass
+class Data:
+    x: torch.Tensor  # uint8 (N, C, H, W) images or float32 (N, 2) points
+    labels: Optional[torch.Tensor] = None  # int64 (N,) where the data set has classes
+    centres: Optional[torch.Tensor] = None  # float32 (K, 2) mixture centres for points
+    classes: Optional[list[str]] = None  # the name of each class, where the data set has classes
+
+    @property
+    def is_image(self) -> bool:
+        return self.x.dtype == torch.uint8
+
+    @property
+    def shape(self) -> tuple:
+        return tuple(self.x.shape[1:])
+
+
+Classes = Union[Sequence[str], Callable[[Any], Optional[list[str]]], None]
+
+
+@dataclass(frozen=True)
+class DataSet:
+    """What a data set says about itself."""
+
+    load: Callable[[Any, int], Data]  # (data config, seed) -> the whole data set, before resizing
+    channels: Optional[int] = None  # fixed by the data set; None: data.channels chooses
+    points: bool = False  # 2-D points (data.n of them), not images
+    classes: Classes = None  # the name of each class, or a function of the config that finds them; None: none
+    measured: bool = False  # `gancli eval` and eval.every can measure it (labelled images, or mixture centres)
+    download: Optional[str] = None  # the torchvision data set that fetches it into data.root
+
+
+def class_names(cfg: Any) -> Optional[list[str]]:
+    """The names of the data set's classes, known without reading its samples (a folder's
+    subfolders are listed); None for a data set without classes."""
+    classes = DATASETS[cfg.name.value].classes
+    return classes(cfg) if callable(classes) else (list(classes) if classes is not None else None)
+
+
+# ---- the loaders ----
+
+
+def _mixture(centres: torch.Tensor, radius: bool = False) -> Callable[[Any, int], Data]:
+    """data.n points around `centres` (K, 2), scaled by data.radius if `radius`, with spread
+    data.std; each point's mode is its class."""
+
+    def load(cfg: Any, seed: int) -> Data:
+        gen = torch.Generator().manual_seed(seed)
+        scaled = centres * cfg.radius if radius else centres
+        which = torch.randint(len(scaled), (cfg.n,), generator=gen)
+        points = scaled[which] + cfg.std * torch.randn(cfg.n, 2, generator=gen)
+        return Data(x=points.float(), labels=which, centres=scaled.float(), classes=class_names(cfg))
+
+    return load
+
+
+_RING = torch.stack([torch.cos(torch.arange(8) * (2 * math.pi / 8)), torch.sin(torch.arange(8) * (2 * math.pi / 8))], 1)
+_GRID_AXIS = torch.tensor([-4.0, -2.0, 0.0, 2.0, 4.0])
+
+
+def _fake(cfg: Any, seed: int) -> Data:
+    """data.n random uint8 images of the configured shape, for benchmarks."""
+    gen = torch.Generator().manual_seed(seed)
+    shape = (cfg.n, cfg.channels, cfg.image_size, cfg.image_size)
+    return Data(x=torch.randint(0, 256, shape, generator=gen, dtype=torch.uint8))
+
+
+def _digits(cfg: Any, seed: int) -> Data:
+    """scikit-learn's 1,797 8x8 digits, read from the file it ships (digits.csv.gz: 64 pixels in
+    0..16, then the label, per line) without importing scikit-learn, which takes over a second."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("sklearn")
+    package = list(spec.submodule_search_locations or []) if spec is not None else []
+    path = Path(package[0], "datasets", "data", "digits.csv.gz") if package else None
+    if path is not None and path.is_file():
+        table = np.loadtxt(path, delimiter=",", dtype=np.int64)  # (1797, 65)
+        pixels, target = table[:, :-1].reshape(-1, 8, 8), table[:, -1]
+    else:  # laid out otherwise in some release: ask scikit-learn itself
+        from sklearn.datasets import load_digits
+
+        bunch = load_digits()
+        pixels, target = bunch.images, bunch.target
+    # (1797, 8, 8) in 0..16 -> uint8 (N, 1, 8, 8) in 0..255
+    images = torch.from_numpy(pixels.astype(np.float64)).float().mul_(255.0 / 16.0).round_().to(torch.uint8)
+    return Data(x=images[:, None], labels=torch.from_numpy(target.astype(np.int64)).long())
+
+
+# ---- MNIST and Fashion-MNIST: IDX files, gzipped or not ----
+
+_IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+              "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """An IDX file (the MNIST format), optionally gzipped, as a numpy array."""
+    raw = path.read_bytes()
+    if raw[:2] == b"\x1f\x8b":
+        raw = gzip.decompress(raw)
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise GancliError(f"{path} is not an IDX file of unsigned bytes (the MNIST format)")
+    ndim = raw[3]
+    dims = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if data.size != math.prod(dims):
+        raise GancliError(f"{path} is truncated: expected {math.prod(dims)} values, found {data.size}")
+    return data.reshape(dims)
+
+
+def _idx(*folders: str) -> Callable[[Any, int], Data]:
+    """A loader of the IDX files of data.split, found in data.root or in one of `folders` below it
+    (as torchvision lays them out), downloaded there first where they are missing."""
+
+    def find(cfg: Any, stem: str) -> Optional[Path]:
+        root = Path(cfg.root).expanduser()
+        for folder in [root] + [root / name / sub for name in folders for sub in ("raw", "")]:
+            for name in (stem, stem + ".gz"):
+                if (folder / name).is_file():
+                    return folder / name
+        return None
+
+    def load(cfg: Any, seed: int) -> Data:
+        image_stem, label_stem = _IDX_FILES[cfg.split.value]
+        if find(cfg, image_stem) is None:
+            _download(cfg)
+        image_path, label_path = find(cfg, image_stem), find(cfg, label_stem)
+        if image_path is None:
+            raise GancliError(
+                f"data={cfg.name.value}: {image_stem}[.gz] not found under data.root={cfg.root} and it could not be "
+                f"downloaded; put {image_stem}.gz and {label_stem}.gz in {Path(cfg.root) / folders[0] / 'raw'} "
+                "or point data.root at the folder that holds them"
+            )
+        images = torch.from_numpy(read_idx(image_path).copy())[:, None]  # (N, 1, 28, 28)
+        labels = torch.from_numpy(read_idx(label_path).astype(np.int64)) if label_path else None
+        return Data(x=images, labels=labels)
+
+    return load
+
+
+_mnist = _idx("MNIST", "mnist")
+
+
+def _stacked_mnist(cfg: Any, seed: int) -> Data:
+    """data.n images whose R, G and B channels are three MNIST digits drawn independently;
+    the label 100 * r + 10 * g + b names one of 1,000 modes."""
+    mnist = _mnist(cfg, seed)
+    digits, labels = mnist.x, mnist.labels  # (N, 1, 28, 28), (N,)
+    gen = torch.Generator().manual_seed(seed)
+    idx = torch.randint(len(digits), (cfg.n, 3), generator=gen)
+    images = digits[idx, 0]  # (n, 3, 28, 28)
+    modes = labels[idx[:, 0]] * 100 + labels[idx[:, 1]] * 10 + labels[idx[:, 2]]
+    return Data(x=images, labels=modes)
+
+
+def _download(cfg: Any) -> None:
+    """Let torchvision fetch the data set into data.root; offline, this quietly does nothing."""
+    from torchvision import datasets
+
+    fetcher = getattr(datasets, DATASETS[cfg.name.value].download)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            fetcher(root=str(Path(cfg.root).expanduser()), train=cfg.split.value == "train", download=True)
+    except Exception:  # no network or a failed mirror: the caller reports what is missing
+        return
+
+
+def _cifar10(cfg: Any, seed: int) -> Data:
+    from torchvision import datasets
+
+    root = Path(cfg.root).expanduser()
+    if not (root / "cifar-10-batches-py").is_dir():
+        _download(cfg)
+    try:
+        ds = datasets.CIFAR10(root=str(root), train=cfg.split.value == "train", download=False)
+    except RuntimeError:
+        raise GancliError(
+            f"data=cifar10: {root / 'cifar-10-batches-py'} not found and it could not be downloaded; "
+            "extract cifar-10-python.tar.gz into data.root"
+        ) from None
+    images = torch.from_numpy(ds.data).permute(0, 3, 1, 2)  # (N, 32, 32, 3) -> (N, 3, 32, 32)
+    return Data(x=images, labels=torch.tensor(ds.targets, dtype=torch.long))
+
+
+# ---- a folder of the user's images ----
+
+
+def folder_path(cfg: Any) -> Path:
+    if cfg.path is None:
+        raise GancliError("data=folder needs data.path=<folder of images>")
+    folder = Path(cfg.path).expanduser()
+    if not folder.is_dir():
+        raise GancliError(f"data.path={cfg.path} is not a folder")
+    return folder
+
+
+def _is_image(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
+
+
+def _visible(path: Path, root: Path) -> bool:
+    """No part of `path` below `root` is hidden (.DS_Store, .git): hidden files are not the user's data."""
+    return not any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
+def _folder_classes(cfg: Any) -> Optional[list[str]]:
+    """The subfolder names, when every image of data.path lies in one of its subfolders (one per
+    class); else None. Hidden files and folders (.DS_Store, .git) are not the user's data."""
+    folder = folder_path(cfg)
+    entries = [p for p in folder.iterdir() if not p.name.startswith(".")]
+    if any(_is_image(p) for p in entries):
+        return None
+    names = sorted(d.name for d in entries if d.is_dir() and any(
+        _is_image(p) and _visible(p, d) for p in d.rglob("*")))
+    return names or None
+
+
+class _Unusable(Exception):
+    """A file of a folder data set that cannot be used; the message says why, in a few words."""
+
+
+def _folder(cfg: Any, seed: int) -> Data:
+    """Every usable image below data.path, as uint8 (N, C, S, S), and its class subfolder's label
+    where each image lies in one. Files that are not usable images are skipped and counted in
+    one warning line; a folder with none left is an error."""
+    from torchvision.transforms.functional import center_crop, pil_to_tensor, resize
+
+    folder = folder_path(cfg)
+    paths = sorted(p for p in folder.rglob("*") if p.is_file() and _visible(p, folder))
+    classes = _folder_classes(cfg)
+    mode = "L" if cfg.channels == 1 else "RGB"
+    images, kept, skipped = [], [], {}
+    for path in paths:
+        try:
+            if path.suffix.lower() not in IMAGE_SUFFIXES:
+                raise _Unusable("not an image file")
+            img = _read_image(path, mode)
+        except _Unusable as exc:
+            skipped.setdefault(str(exc), []).append(path)
+            continue
+        img = center_crop(resize(img, cfg.image_size, antialias=True), [cfg.image_size, cfg.image_size])
+        images.append(pil_to_tensor(img))  # uint8 (C, S, S)
+        kept.append(path)
+    if skipped:
+        n_skipped = sum(len(v) for v in skipped.values())
+        reasons = "; ".join(f"{len(v)} {why} (e.g. {v[0].relative_to(folder)})" for why, v in skipped.items())
+        if not images:
+            raise GancliError(f"data.path={cfg.path} holds no usable image: {reasons}")
+        log.warning("data.path=%s: skipped %d of %d files: %s", cfg.path, n_skipped, len(paths), reasons)
+    if not images:
+        raise GancliError(f"data.path={cfg.path} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    if classes is None:
+        return Data(x=torch.stack(images))
+    index = {name: i for i, name in enumerate(classes)}
+    labels = torch.tensor([index[p.relative_to(folder).parts[0]] for p in kept])  # the class subfolder
+    return Data(x=torch.stack(images), labels=labels)
+
+
+def _read_image(path: Path, mode: str) -> "PIL.Image.Image":
+    """The image at `path` in `mode` ("L" or "RGB"), decoded in full, or _Unusable. 16-bit grey
+    keeps its top 8 bits (a plain conversion clips it to near-white); transparent pixels become
+    black, whatever colour the file stores under them."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            img.load()  # decode now: a truncated file fails here, not half-way through training
+            if min(img.size) < MIN_SIDE:
+                raise _Unusable(f"smaller than {MIN_SIDE}x{MIN_SIDE} pixels")
+            if img.mode.startswith("I;16") or img.mode == "I":  # 16-bit grey (PNG, TIFF)
+                grey = np.asarray(img).astype(np.float64) / 257.0  # 0..65535 -> 0..255
+                img = Image.fromarray(grey.round().clip(0, 255).astype(np.uint8), "L")
+            elif img.mode == "F":
+                raise _Unusable("floating-point images (mode F)")
+            if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+                rgba = img.convert("RGBA")
+                img = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba)
+            return img.convert(mode)
+    except _Unusable:
+        raise
+    except Image.DecompressionBombError:
+        raise _Unusable("too large to decode safely") from None
+    except Exception:  # noqa: BLE001 (Pillow raises OSError, ValueError, SyntaxError, ... for broken files)
+        raise _Unusable("unreadable or truncated") from None
+
+
+# ---- the table ----
+
+_DIGITS = [str(i) for i in range(10)]
+
+DATASETS: dict[str, DataSet] = {
+    # scikit-learn's bundled handwritten digits (1,797 8x8 images): needs no download
+    "digits": DataSet(_digits, channels=1, classes=_DIGITS, measured=True),
+    "mnist": DataSet(_mnist, channels=1, classes=_DIGITS, measured=True, download="MNIST"),
+    "fashion_mnist": DataSet(_idx("FashionMNIST", "fashion_mnist", "fashion-mnist"), channels=1, measured=True,
+                             classes=["T-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt",
+                                      "sneaker", "bag", "ankle boot"], download="FashionMNIST"),
+    "cifar10": DataSet(_cifar10, channels=3, measured=True, download="CIFAR10",
+                       classes=["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+                                "truck"]),
+    "folder": DataSet(_folder, classes=_folder_classes),  # data.path, one subfolder per class or none
+    "ring": DataSet(_mixture(_RING, radius=True), points=True, classes=[f"mode {i}" for i in range(8)], measured=True),
+    "grid": DataSet(_mixture(torch.cartesian_prod(_GRID_AXIS, _GRID_AXIS)), points=True,
+                    classes=[f"mode {i}" for i in range(25)], measured=True),
+    "fake": DataSet(_fake),  # random uint8 images of the configured shape, for benchmarks
+    # three independent MNIST digits as RGB channels: 1,000 modes, named by their digits
+    "stacked_mnist": DataSet(_stacked_mnist, channels=3, classes=[f"{i:03d}" for i in range(1000)], measured=True,
+                             download="MNIST"),
+}
