@@ -1,11 +1,17 @@
-"""Train each recipe on one data set at equal steps and seeds, then measure it with `gancli eval`.
+"""Train each recipe on one data set at equal steps (or equal minutes of training) and seeds, then
+measure it with `gancli eval`.
 
     python docs/recipes.py digits --seeds 0,1,2 --out recipes_out [--only ns,hinge_sn] [--steps 1000]
+    python docs/recipes.py digits --recipes presets --minutes 2 --seeds 0,1 --out presets_out
+    python docs/recipes.py digits --recipes r3gan --seeds 0,1,2 --extra eval.every=250 eval.n=1000
 
-Data sets: digits (bundled), mnist (the MNIST test split in --mnist-root), ring and grid. Every
-run keeps G's moving average (`ema.half_life_kimg=10 ema.rampup=0.05`), which does not change
-training, and is evaluated twice: as G_ema and as the raw G (`use_ema=false`). Writes
-<out>/<data>.json with every run's metrics and prints a markdown table of means over seeds.
+Data sets: digits (bundled), mnist (the MNIST test split in --mnist-root), ring and grid. Recipe
+sets: the recipes (by default: each loss, penalty and augmentation on the default model), the
+presets (every experiment preset for images, at the same data) and r3gan (experiment=r3gan at a
+CPU-sized width, with and without its schedules). Every run keeps G's moving average
+(`ema.half_life_kimg=10 ema.rampup=0.05`), which does not change training, and is evaluated
+twice: as G_ema and as the raw G (`use_ema=false`). Writes <out>/<data>.json with every run's
+metrics and prints a markdown table of means over seeds.
 """
 
 from __future__ import annotations
@@ -20,7 +26,8 @@ import time
 from pathlib import Path
 
 EMA = ["ema.half_life_kimg=10", "ema.rampup=0.05"]
-IMAGES = {  # the default DCGAN, batch 64
+# the recipes on the plain groups (experiment=none): the default DCGAN, batch 64, non-saturating loss
+IMAGES = {
     "ns": [],
     "lsgan": ["loss=lsgan"],
     "hinge_sn": ["experiment=hinge_sn"],
@@ -35,7 +42,7 @@ IMAGES = {  # the default DCGAN, batch 64
     "rpgan_gamma0.1": ["experiment=rpgan", "loss.r1_gamma=0.1", "loss.r2_gamma=0.1"],
     "rpgan_gamma10": ["experiment=rpgan", "loss.r1_gamma=10", "loss.r2_gamma=10"],
 }
-POINTS = {  # the default MLP, batch 256 (POINTS_BASE)
+POINTS = {  # the default MLP, batch 256 (POINTS_BASE), on the plain groups
     "ns": [],
     "lsgan": ["loss=lsgan"],
     "hinge_sn": ["experiment=hinge_sn"],
@@ -44,6 +51,19 @@ POINTS = {  # the default MLP, batch 256 (POINTS_BASE)
     "pacgan2": ["model.pack=2"],  # PacGAN (Lin et al. 2018): D scores pairs
     "pacgan4": ["model.pack=4"],
 }
+# experiment=r3gan's networks at a width a CPU trains (its own 64/256 are GPU-sized: 4.6 s a step on 2 cores)
+R3GAN_CPU = ["experiment=r3gan", "model.width=16", "model.width_max=64", "model.group_size=8"]
+PRESETS = {  # every experiment preset for images, as a user runs it, on the data given
+    "ns": ["experiment=none"],  # the plain groups: gancli train's default before experiment=rpgan
+    "hinge_sn": ["experiment=hinge_sn"],
+    "wgan_gp": ["experiment=wgan_gp"],
+    "rpgan": ["experiment=rpgan"],
+    "r3gan_cpu": R3GAN_CPU,
+    "r3gan_cpu_constant": [*R3GAN_CPU, "schedule=constant"],
+    "mnist_classic": ["experiment=mnist_classic", "train.batch_size=64"],
+}
+R3GAN = {"r3gan_cpu": R3GAN_CPU, "r3gan_cpu_constant": [*R3GAN_CPU, "schedule=constant"]}
+RECIPE_SETS = {"recipes": None, "presets": PRESETS, "r3gan": R3GAN}
 # what experiment=ring set when these were measured (it is now the tuned preset of docs/mode-collapse.md)
 POINTS_BASE = ["model=mlp", "train.batch_size=256", "train.log_every=100"]
 DATA = {
@@ -70,11 +90,19 @@ def main() -> None:
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--only", default="")
     parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--minutes", type=float, default=None, help="train.minutes for every run, instead of steps")
+    parser.add_argument("--recipes", choices=RECIPE_SETS, default="recipes")
+    parser.add_argument("--extra", nargs="*", default=[], help="overrides added to every run")
     parser.add_argument("--out", type=Path, default=Path("recipes_out"))
     parser.add_argument("--mnist-root", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"))
     parser.add_argument("--eval-n", type=int, default=2500)
     args = parser.parse_args()
     data_args, recipes = DATA[args.data]
+    if args.recipes == "recipes":  # each recipe on the plain groups (unless it is a preset), as measured
+        recipes = {name: overrides if any(o.startswith("experiment=") for o in overrides)
+                   else ["experiment=none", *overrides] for name, overrides in recipes.items()}
+    else:
+        recipes = RECIPE_SETS[args.recipes]
     if args.data == "mnist":
         data_args = [*data_args, f"data.root={args.mnist_root}"]
     points = args.data in ("ring", "grid")
@@ -90,13 +118,17 @@ def main() -> None:
             if (name, seed) in done:
                 continue
             run = out / f"{name}_s{seed}"
-            overrides = [*data_args, *recipes[name], *EMA, f"seed={seed}", f"train.steps={steps}", "train.ckpt_every=0",
-                         f"train.sample_every={steps}", "device=cpu", f"hydra.run.dir={run}"]
+            length = [f"train.minutes={args.minutes}", "train.sample_every=0"] if args.minutes else [
+                f"train.steps={steps}", f"train.sample_every={steps}"]
+            # the data after the recipe: a preset's own data (mnist_classic's) gives way to the one measured
+            overrides = [*recipes[name], *data_args, *EMA, f"seed={seed}", *length, "train.ckpt_every=0",
+                         *args.extra, "device=cpu", f"hydra.run.dir={run}"]
             t0 = time.time()
             gancli("train", *overrides, log=out / "log.txt")
             train_s = time.time() - t0
-            row = {"recipe": name, "seed": seed, "steps": steps, "overrides": overrides[:-1],
-                   "train_s": round(train_s, 1)}
+            summary = json.loads((run / "summary.json").read_text())
+            row = {"recipe": name, "seed": seed, "steps": summary["steps"], "overrides": overrides[:-1],
+                   "train_s": round(train_s, 1), "training_s": summary["train_s"], "img_per_s": summary["img_per_s"]}
             for generator, use_ema in (("G_ema", "true"), ("G", "false")):
                 metrics_out = run / f"eval_{generator}"
                 gancli("eval", f"ckpt={run}", f"n={args.eval_n}", f"use_ema={use_ema}", f"out={metrics_out}",
@@ -113,9 +145,9 @@ def main() -> None:
 def table(results: list[dict], points: bool) -> str:
     keys = HEADLINE["points" if points else "image"]
     keys = [k for k in keys if k != "fd_real_floor"]
-    lines = ["| recipe | seeds | " + " | ".join(f"{k} (G)" for k in keys) + " | " +
+    lines = ["| recipe | seeds | steps | " + " | ".join(f"{k} (G)" for k in keys) + " | " +
              " | ".join(f"{k} (G_ema)" for k in keys) + " | train s |",
-             "|---" * (3 + 2 * len(keys)) + "|"]
+             "|---" * (4 + 2 * len(keys)) + "|"]
     for name in dict.fromkeys(r["recipe"] for r in results):
         rows = [r for r in results if r["recipe"] == name]
 
@@ -125,7 +157,8 @@ def table(results: list[dict], points: bool) -> str:
             spread = f" ± {statistics.stdev(values):.2g}" if len(values) > 1 else ""
             return f"{mean:.3g}{spread}"
 
-        lines.append(f"| {name} | {len(rows)} | " + " | ".join(cell("G", k) for k in keys) + " | " +
+        steps = statistics.mean(r["steps"] for r in rows)
+        lines.append(f"| {name} | {len(rows)} | {steps:.0f} | " + " | ".join(cell("G", k) for k in keys) + " | " +
                      " | ".join(cell("G_ema", k) for k in keys) +
                      f" | {statistics.mean(r['train_s'] for r in rows):.0f} |")
     return "\n".join(lines)

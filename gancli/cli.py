@@ -235,6 +235,9 @@ def _check_optional_choices(overrides: list[str]) -> None:
     for override in overrides:
         key, sep, value = override.partition("=")
         key = key.lstrip("+~")
+        if sep and key == "experiment" and value in ("", "null"):
+            raise GancliError("experiment=none trains without a preset; experiment=null cannot drop the default "
+                              "recipe (experiment=rpgan)")
         if not sep or key not in _OPTIONAL_GROUPS or value in ("", "null"):
             continue
         options = sorted(p.name[:-5] for p in (importlib.resources.files("gancli.configs") / key).iterdir()

@@ -119,7 +119,7 @@ def _train(cfg: TrainApp, run_dir: Path, folder: Optional[RunFolder]) -> dict[st
         meter.begin()
         while state.step < steps:
             if stop.requested and not ranks.data_parallel:  # data-parallel ranks agree at a log line
-                status = "interrupted"
+                status, ended_by = "interrupted", "signal"
                 break
             meter.count(execute())  # D update(s), then G's; compilation and capture count as set-up
             step = state.step

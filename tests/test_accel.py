@@ -170,7 +170,8 @@ def test_fast_trains_the_same_model_as_eager(tmp_path):
 
 
 def test_baseline_reads_five_values_per_step():
-    cfg = compose_train("device=cpu", "accel=baseline", "model=mlp", "model.width=8", "data=ring", "train.batch_size=8")
+    cfg = compose_train("experiment=none", "device=cpu", "accel=baseline", "model=mlp", "model.width=8", "data=ring",
+                        "train.batch_size=8")
     from gancli.data import load_data
 
     plan = plan_accel(cfg.accel, CPU, Precision.fp32, has_convs=False)
@@ -285,18 +286,19 @@ def test_bench_times_the_rest_when_a_variant_fails(tmp_path, monkeypatch):
 
 
 def test_r1_penalty_counts_in_the_step_flops_and_is_tried_in_graphs():
-    plain = step_flops(compose_train("model=classic", "loss.r1_gamma=0"), (1, 28, 28))
-    assert step_flops(compose_train("model=classic"), (1, 28, 28)) > plain  # classic's default gamma is 10
+    plain = step_flops(compose_train("experiment=none", "model=classic", "loss.r1_gamma=0"), (1, 28, 28))
+    # classic's own gamma is 10
+    assert step_flops(compose_train("experiment=none", "model=classic"), (1, 28, 28)) > plain
     # the double backward is captured like the rest of the step (GraphedStep runs it eagerly,
     # with a note, should its capture fail)
-    cfg = compose_train("model=classic", "device=cpu")
+    cfg = compose_train("experiment=none", "model=classic", "device=cpu")
     assert cfg.loss.double_backward
     assert plan_for(cfg, torch.device("cuda")).cuda_graphs
     # torch.compile cannot differentiate a gradient again: the plan leaves it out, and says why
     compiled = plan_for(compose_train("model=classic", "accel.compile=default"), torch.device("cuda"))
     assert compiled.compile is None and compiled.cuda_graphs
     assert "compile off" in compiled.notes[0] and "gradient penalty" in compiled.notes[0]
-    assert plan_for(compose_train("accel.compile=default"), CPU).compile == "default"
+    assert plan_for(compose_train("experiment=none", "accel.compile=default"), CPU).compile == "default"
 
 
 def test_r1_penalty_lowers_the_discriminators_input_gradient(tmp_path):

@@ -29,8 +29,13 @@ def test_default_config():
     assert isinstance(cfg, TrainApp)
     assert cfg.model.name == "dcgan" and cfg.data.name is DataName.digits
     assert cfg.optimizer.name is OptimizerName.adam
-    assert (cfg.optimizer.lr, cfg.optimizer.beta1, cfg.optimizer.beta2) == (2e-4, 0.5, 0.999)
-    assert cfg.loss.name is LossName.ns and cfg.precision.name is Precision.auto
+    # the default recipe, experiment=rpgan (docs/recipes.md, "At equal time"), for 500 steps
+    assert (cfg.optimizer.lr, cfg.optimizer.beta1, cfg.optimizer.beta2) == (2e-4, 0.0, 0.99)
+    assert cfg.loss.name is LossName.rpgan and (cfg.loss.r1_gamma, cfg.loss.r2_gamma) == (1.0, 1.0)
+    assert cfg.precision.name is Precision.auto and cfg.train.steps == 500
+    plain = compose_train("experiment=none")  # the groups alone: the non-saturating DCGAN
+    assert plain.loss.name is LossName.ns and (plain.optimizer.beta1, plain.optimizer.beta2) == (0.5, 0.999)
+    assert not plain.loss.penalised
 
 
 def test_top_level_keys_are_frozen():
@@ -73,7 +78,8 @@ def test_every_group_option_composes(group, names):
 @pytest.mark.parametrize("name", options("experiment"))
 def test_every_experiment_changes_the_defaults_and_trains(name, tmp_path):
     preset = to_plain(compose_train(f"experiment={name}"))
-    assert preset != to_plain(compose_train())  # the preset wins over train.yaml
+    # every preset but none changes the plain groups (rpgan is also the default recipe)
+    assert (preset == to_plain(compose_train("experiment=none"))) == (name == "none")
     # one tiny step of it, on the bundled digits where it names a data set to download
     data = ["data=digits"] if preset["data"]["name"] in ("mnist", "fashion_mnist", "cifar10") else []
     cfg = compose_train(f"experiment={name}", *data, "device=cpu", "train.steps=1", "train.batch_size=8",
@@ -167,11 +173,14 @@ def test_sample_requires_a_checkpoint():
 
 
 def test_the_classic_model_brings_its_r1_penalty():
-    assert compose_train("model=classic").loss.r1_gamma == 10
-    assert compose_train("model=classic", "loss=minimax").loss.r1_gamma == 10  # the loss group leaves it alone
-    assert compose_train("model=classic", "loss.r1_gamma=0").loss.r1_gamma == 0
-    assert compose_train("model=dcgan").loss.r1_gamma == 0
+    assert compose_train("experiment=none", "model=classic").loss.r1_gamma == 10
+    # the loss group leaves it alone
+    assert compose_train("experiment=none", "model=classic", "loss=minimax").loss.r1_gamma == 10
+    assert compose_train("experiment=none", "model=classic", "loss.r1_gamma=0").loss.r1_gamma == 0
+    assert compose_train("experiment=none", "model=dcgan").loss.r1_gamma == 0
     assert compose_train("experiment=mnist_classic").loss.r1_gamma == 10
+    # a recipe, composed after the model, sets its own: the default's R1 and R2 at gamma 1
+    assert compose_train("model=classic").loss.r1_gamma == 1.0
 
 
 # ---- hostile values: every key of every schema, each with values of the wrong type or range ----

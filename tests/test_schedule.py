@@ -46,7 +46,8 @@ def test_a_schedule_starts_and_ends_at_its_keys_values_where_it_names_none():
     assert schedule.at(6 * 16) == pytest.approx({"lr_g": 1e-4, "lr_d": 4e-4})
 
 
-SCHEDULED = ["model.g_width=8", "model.d_width=8", "train.batch_size=16", "device=cpu", "precision=fp32",
+SCHEDULED = ["experiment=none", "model.g_width=8", "model.d_width=8", "train.batch_size=16", "device=cpu",
+             "precision=fp32",
              "optimizer.lr=4e-4", "schedule.lr_g.shape=linear", "schedule.lr_g.end=1e-4",
              "schedule.lr_d.shape=cosine", "schedule.lr_d.end=2e-4",
              "schedule.beta2.shape=linear", "schedule.beta2.start=0.9",
@@ -132,7 +133,7 @@ def test_schedules_that_cannot_apply_are_one_line(overrides, expected):
     from gancli.errors import GancliError
 
     with pytest.raises(GancliError) as info:
-        cli.preflight(train, ["device=cpu", *overrides])
+        cli.preflight(train, ["experiment=none", "device=cpu", *overrides])
     assert expected in str(info.value) and "\n" not in str(info.value)
 
 
