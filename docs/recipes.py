@@ -101,6 +101,12 @@ def main() -> None:
     if args.recipes == "recipes":  # each recipe on the plain groups (unless it is a preset), as measured
         recipes = {name: overrides if any(o.startswith("experiment=") for o in overrides)
                    else ["experiment=none", *overrides] for name, overrides in recipes.items()}
+    elif args.recipes == "presets" and args.data in ("ring", "grid"):  # the presets for 2-D points
+        data_args = [f"data={args.data}"]
+        recipes = {**{name: [*overrides, *POINTS_BASE] for name, overrides in PRESETS.items()
+                      if name in ("ns", "hinge_sn", "wgan_gp", "rpgan")},
+                   args.data: [f"experiment={args.data}"],  # the tuned preset of docs/mode-collapse.md
+                   "pacgan_2d": ["experiment=pacgan_2d"]}  # PacGAN's own networks and settings
     else:
         recipes = RECIPE_SETS[args.recipes]
     if args.data == "mnist":

@@ -377,7 +377,7 @@ def read_run(path: Path) -> RunRecord:
         overrides=overrides,
         status=status,
         steps=max(steps) if steps else None,
-        target_steps=_int(summary.get("target_steps")) or _target_steps(path),
+        target_steps=_int(summary.get("target_steps")) or (None if summary.get("minutes") else _target_steps(path)),
         wall_s=_first(summary.get("wall_s"), last.get("elapsed_s")),
         img_per_s=_first(summary.get("img_per_s"),
                          round(sum(timed_img_per_s) / len(timed_img_per_s), 1) if timed_img_per_s else None),
@@ -447,11 +447,12 @@ def _read_json_object(path: Path, notes: list[str]) -> dict[str, Any] | None:
 
 
 def _target_steps(path: Path) -> int | None:
-    """train.steps from the run's config, for a run that ended before its summary."""
+    """train.steps from the run's config, for a run that ended before its summary; None for a run
+    with a time budget (train.minutes), which has no number of steps to reach."""
     for name in (CONFIG, ".hydra/config.yaml"):
         try:
             config = yaml.safe_load((path / name).read_text(encoding="utf-8"))
-            return _int(config["train"]["steps"])
+            return None if config["train"].get("minutes") else _int(config["train"]["steps"])
         except (OSError, ValueError, yaml.YAMLError, TypeError, KeyError):
             continue
     return None

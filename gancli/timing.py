@@ -115,7 +115,8 @@ class Meter:
         interval_s = max(clock() - self._start - self._paused, 1e-9)
         ms = self.timer.read()
         steps_per_s = self._timed / interval_s
-        means = self.reduce({**stats, "img_per_s": steps_per_s * self.global_batch, **flags})
+        means = self.reduce({**stats, "img_per_s": steps_per_s * self.global_batch, "interval_s": interval_s, **flags})
+        interval_s = means.pop("interval_s")  # one figure on every rank: what the schedules and checkpoints see
         n = max(self._steps, 1)
         if self._timed:
             self.train_s += interval_s
@@ -143,11 +144,12 @@ class Meter:
     def images_by(self, budget_s: float, images_seen: float) -> float:
         """The images the run will have seen when its training time reaches `budget_s`: those seen
         so far plus this session's throughput times the seconds left (math.inf before a step has
-        been timed). Read at a log line, when the interval's time has been counted."""
+        been timed). Read at a log line, from the intervals read: figures every rank agrees on, so
+        that their schedules stay equal."""
         img_per_s = self.img_per_s()
         if img_per_s is None:
             return math.inf
-        return images_seen + img_per_s * max(budget_s - self.training_seconds(), 0.0)
+        return images_seen + img_per_s * max(budget_s - self.train_s_before - self.train_s, 0.0)
 
     def totals(self) -> dict[str, Any]:
         """This session's training time, throughput and MFU, for the summary."""

@@ -150,3 +150,19 @@ def test_a_repeated_ctrl_c_quits_at_once_only_outside_torchrun():
     terminated._handle(signal.SIGTERM, None)
     terminated._handle(signal.SIGTERM, None)
     assert terminated.requested and terminated.signum == signal.SIGTERM
+
+
+def test_a_time_budget_stops_every_rank_at_the_same_step(tmp_path):
+    """Each rank reads its own clock; they stop together at the first log line where any rank is
+    past the budget, with their replicas equal and the schedule spanning the budget."""
+    run_dir = tmp_path / "run"
+    run_torchrun(2, "train", *TINY, "train.minutes=0.02", "train.log_every=2", "schedule.lr_g.shape=linear",
+                 "schedule.lr_g.end=0", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    summary = read_json(run_dir / "summary.json")
+    assert summary["status"] == "completed" and summary["ended_by"] == "train.minutes"
+    # the steps end at a log line; rank 0's own clock may read under the budget where rank 1's is past it
+    assert summary["steps"] % 2 == 0 and summary["steps"] > 0
+    first, second = summary["replica_checksums"]
+    assert first == second
+    rows = timing_rows(run_dir)
+    assert rows[-1]["step"] == summary["steps"] and all(0 <= row["lr_g"] <= 2e-4 for row in rows)

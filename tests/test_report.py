@@ -230,3 +230,16 @@ def test_metrics_are_plotted_against_training_time_where_rows_have_it(tmp_path):
         header = next(csv.reader(f))
     assert "fd" in header and "train_s" not in header and "elapsed_s" not in header
     assert is_png(root / "metrics.png") and is_png(root / "metrics_time.png")
+
+
+def test_a_time_budget_run_has_no_target_steps(tmp_path):
+    """A run that trained for train.minutes reached its steps with no number to reach: the table
+    shows them alone, finished or still running."""
+    root = tmp_path / "runs"
+    make_run(root / "done", summary=completed(steps=6, target_steps=None, minutes=0.5))
+    running = make_run(root / "running")
+    (running / "config.yaml").write_text("train:\n  steps: 500\n  minutes: 0.5\n")
+    report.main([str(root)])
+    rows = by_run(root)
+    assert rows["done"]["target_steps"] is None and rows["done"]["steps"] == 6
+    assert rows["running"]["status"] == "incomplete" and rows["running"]["target_steps"] is None
