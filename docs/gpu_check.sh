@@ -20,7 +20,8 @@
 #    (docs/profile_step.py: operators and CUDA kernels, a trace), and torch.compile of G and D
 #    captured inside the step's CUDA graphs, against the plain graphs;
 # 9. schedules inside the graphs: experiment=r3gan (lr, beta2, R1/R2 gamma and G_ema's half-life
-#    ramping, read from device tensors; foreach Adam for the tensor beta2) trained fast against
+#    ramping, read from device tensors; foreach Adam for the tensor beta2), with real images
+#    mirrored at random (data.xflip) before the graphs' static batch, trained fast against
 #    eager, and a time budget (train.minutes) timed by host clock on an asynchronous device.
 # Each check runs under its own time limit and the script goes on past a failed one, so one
 # broken piece still leaves the others' figures; the last lines list what failed.
@@ -168,8 +169,8 @@ check profile_dcgan64_64 60 python3 docs/profile_step.py "${plain[@]}" model=dcg
 check bench_dcgan64_compile_graphs 200 gancli bench "${plain[@]}" model=dcgan data=fake data.image_size=64 data.channels=3 \
   data.n=8192 train.batch_size=$sizes precision=bf16 accel=fast accel.compile=default \
   hydra.run.dir="$out/bench_dcgan64_compile_graphs" "${quick[@]}"
-# 9. schedules under capture against eager, and a time budget
-sched=("${common[@]}" experiment=r3gan)
+# 9. schedules (and xflip) under capture against eager, and a time budget
+sched=("${common[@]}" experiment=r3gan data.xflip=true)
 if [ "${QUICK:-0}" = 1 ]; then sched+=(model.width=4 model.width_max=8 model.group_size=4); fi
 check train_eager_sched 120 gancli train "${sched[@]}" accel=eager hydra.run.dir="$out/eager_sched" "${quick[@]:3}"
 check train_fast_sched 90 gancli train "${sched[@]}" accel=fast hydra.run.dir="$out/fast_sched" "${quick[@]:3}"

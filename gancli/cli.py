@@ -70,10 +70,10 @@ def main(argv: Optional[list[str]] = None) -> None:
         rest = module.split_axes(rest)
     if command == "sample":  # class=3, classes=0,1,2
         rest = module.class_args(rest)
-    rest = [part for arg in rest for part in _device_index(arg)]
     torchrun = command == "train" and "RANK" in os.environ  # one of the processes torchrun started
     claimed = None  # the run folder this process holds for its job
     try:
+        rest = [quote_path(part) for arg in rest for part in _device_index(arg)]
         _check_modes(rest)
         if not any(arg.split("=")[0] in _NO_PREFLIGHT for arg in rest):
             checked = preflight(module, rest)
@@ -184,6 +184,43 @@ def _device_index(arg: str) -> list[str]:
     """`device=cuda:1`, as torch spells it, is `device=cuda device.index=1`."""
     match = re.fullmatch(r"device=cuda:(\d+)", arg)
     return ["device=cuda", f"device.index={match.group(1)}"] if match else [arg]
+
+
+# keys whose values are files or folders: written as people type them (~, spaces, any letters)
+PATH_KEYS = {"data.path", "data.root", "eval.cache_dir", "eval.inception_weights", "train.resume", "ckpt", "out",
+             "cache_dir", "inception_weights", "hydra.run.dir", "hydra.sweep.dir"}
+
+
+def quote_path(arg: str) -> str:
+    """`key=value` for a path key, with a leading `~` expanded and the value quoted for Hydra where
+    its override grammar would not take it as written (a space, `~`, a letter outside ASCII)."""
+    key, sep, value = arg.partition("=")
+    if not sep or key.lstrip("+~") not in PATH_KEYS or not value or value[0] in "'\"":
+        return arg
+    value = os.path.expanduser(value) if value.startswith("~") else value
+    if _hydra_takes(key, value):  # a plain path, null, or a sweep's comma list under -m
+        return f"{key}={value}"
+    if "'" not in value:
+        quote = "'"
+    elif '"' not in value:
+        quote = '"'
+    else:
+        raise GancliError(f"{key}={value} has both kinds of quote in it; rename the file or folder")
+    trailing = len(value) - len(value.rstrip("\\"))
+    value += "\\" * trailing  # a backslash before the closing quote would escape it
+    return f"{key}={quote}{value}{quote}"
+
+
+def _hydra_takes(key: str, value: str) -> bool:
+    """Whether Hydra reads `key=value` as this very string (or as null, or a sweep's choices)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        override = OverridesParser.create().parse_override(f"{key}={value}")
+    except HydraException:
+        return False
+    return override.is_sweep_override() or override.value() in (None, value)
 
 
 class Job(NamedTuple):

@@ -113,6 +113,7 @@ class DataConfig:
     image_size: int = 28  # images are resized to image_size x image_size
     channels: int = 1  # 1 (grey) or 3 (RGB); fixed by the data set except for `folder`
     path: Optional[str] = None  # `folder`: the folder of images
+    xflip: bool = False  # mirror each real image left-right at random, each epoch anew (StyleGAN's --mirror)
     n: int = 20000  # `ring`/`grid`: points drawn; `stacked_mnist`, `fake`: images made
     std: float = 0.01  # `ring`/`grid`: standard deviation of each Gaussian
     radius: float = 1.0  # `ring`: radius of the circle of centres

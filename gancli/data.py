@@ -47,6 +47,8 @@ def check(cfg: DataConfig) -> None:
         raise GancliError(f"data={cfg.name.value} has {ds.channels} channel(s); remove data.channels={cfg.channels}")
     if cfg.name.value == "folder":
         folder_path(cfg)
+    if cfg.xflip and ds.points:
+        raise GancliError(f"data.xflip mirrors images, and data={cfg.name.value} is 2-D points; remove data.xflip")
 
 
 def check_evaluable(cfg: DataConfig, every: int) -> None:
@@ -69,7 +71,7 @@ def load_data(cfg: DataConfig, seed: int) -> Data:
     if images.shape[-1] != cfg.image_size or images.shape[-2] != cfg.image_size:
         images = _resize(images, cfg.image_size)
     classes = class_names(cfg) if data.labels is not None else None
-    return Data(x=images.contiguous(), labels=data.labels, classes=classes)
+    return Data(x=images.contiguous(), labels=data.labels, classes=classes, skipped=data.skipped)
 
 
 def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -108,8 +110,9 @@ class Batches:
 
     def __init__(self, data: Data, batch_size: int, seed: int, device: torch.device, max_device_bytes: int = 2**31,
                  rank: int = 0, world_size: int = 1, labels: bool = False,
-                 memory_format: torch.memory_format = torch.contiguous_format):
+                 memory_format: torch.memory_format = torch.contiguous_format, xflip: bool = False):
         n = len(data.x)
+        self.xflip = xflip
         _check_batch(batch_size, world_size, n)
         on_device = data.x.numel() * data.x.element_size() <= max_device_bytes
         self.x = data.x.to(device) if on_device else data.x
@@ -128,10 +131,14 @@ class Batches:
         if epoch != self._epoch:
             gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
             self._perm = torch.randperm(len(self.x), generator=gen).to(self.x.device)
+            # which places of the epoch's order are mirrored: drawn after the order, which stays as it was
+            self._flip = torch.rand(len(self.x), generator=gen).lt(0.5).to(self.device) if self.xflip else None
             self._epoch = epoch
         start = i * self.global_batch + self.offset
         idx = self._perm[start : start + self.batch_size]
         x = to_model(self.x[idx].to(self.device, non_blocking=True))
+        if self._flip is not None:  # per sample, on the device
+            x = torch.where(self._flip[start : start + self.batch_size].view(-1, 1, 1, 1), x.flip(-1), x)
         if self.memory_format is not torch.contiguous_format and x.dim() == 4:
             x = x.contiguous(memory_format=self.memory_format)
         return Batch(x, None if self.c is None else self.c[idx].to(self.device, non_blocking=True))
@@ -143,7 +150,7 @@ class LoaderBatches:
 
     def __init__(self, data: Data, batch_size: int, seed: int, device: torch.device, rank: int = 0,
                  world_size: int = 1, labels: bool = False,
-                 memory_format: torch.memory_format = torch.contiguous_format):
+                 memory_format: torch.memory_format = torch.contiguous_format, xflip: bool = False):
         from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
         _check_batch(batch_size, world_size, len(data.x))
@@ -163,6 +170,7 @@ class LoaderBatches:
             pin_memory=device.type == "cuda",
         )
         self.device, self.memory_format = device, memory_format
+        self._flips = torch.Generator().manual_seed(seed + 1) if xflip else None
         self._epoch = 0
         self._it = iter(self.loader)
 
@@ -175,7 +183,10 @@ class LoaderBatches:
                 self.sampler.set_epoch(self._epoch)
             self._it = iter(self.loader)
             batch = next(self._it)
-        x = batch[0].to(self.device, non_blocking=True)
+        x = batch[0]
+        if self._flips is not None:
+            x = torch.where(torch.rand(len(x), generator=self._flips).lt(0.5).view(-1, 1, 1, 1), x.flip(-1), x)
+        x = x.to(self.device, non_blocking=True)
         if self.memory_format is not torch.contiguous_format and x.dim() == 4:
             x = x.contiguous(memory_format=self.memory_format)
         return Batch(x, batch[1].to(self.device, non_blocking=True) if len(batch) > 1 else None)

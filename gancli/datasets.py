@@ -15,7 +15,9 @@ import gzip
 import io
 import logging
 import math
+import os
 import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, Union
@@ -40,6 +42,7 @@ class Data:
     labels: Optional[torch.Tensor] = None  # int64 (N,) where the data set has classes
     centres: Optional[torch.Tensor] = None  # float32 (K, 2) mixture centres for points
     classes: Optional[list[str]] = None  # the name of each class, where the data set has classes
+    skipped: int = 0  # files of the source that are not usable images (a folder's text files, broken files)
 
     @property
     def is_image(self) -> bool:
@@ -128,18 +131,53 @@ _IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
 
 
 def read_idx(path: Path) -> np.ndarray:
-    """An IDX file (the MNIST format), optionally gzipped, as a numpy array."""
+    """An IDX file (the MNIST format), optionally gzipped, as a numpy array; a damaged or foreign
+    file is one error that names it and what is wrong."""
     raw = path.read_bytes()
     if raw[:2] == b"\x1f\x8b":
-        raw = gzip.decompress(raw)
+        try:
+            raw = gzip.decompress(raw)
+        except EOFError:
+            raise GancliError(f"{path} is a truncated gzip file: download it again") from None
+        except (OSError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
+            raise GancliError(f"{path} is a corrupt gzip file ({e}): download it again") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-        raise GancliError(f"{path} is not an IDX file of unsigned bytes (the MNIST format)")
+        magic = raw[:4].hex() if len(raw) >= 4 else "none"
+        raise GancliError(f"{path} is not an IDX file of unsigned bytes (the MNIST format): its magic number is "
+                          f"{magic}, where 000008 and a dimension count are expected")
     ndim = raw[3]
-    dims = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
-    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
-    if data.size != math.prod(dims):
-        raise GancliError(f"{path} is truncated: expected {math.prod(dims)} values, found {data.size}")
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise GancliError(f"{path} is truncated: its header of {ndim} dimensions is cut short")
+    dims = struct.unpack(f">{ndim}I", raw[4:header])
+    data = np.frombuffer(raw, dtype=np.uint8, offset=header)
+    expected = math.prod(dims)
+    if data.size < expected:
+        raise GancliError(f"{path} is truncated: its header promises {expected} values {dims}, it holds {data.size}: "
+                          "download it again")
+    if data.size > expected:
+        raise GancliError(f"{path} holds {data.size} values where its header says {dims} ({expected}): "
+                          "a wrong magic number or not an IDX file")
     return data.reshape(dims)
+
+
+def _images_and_labels(image_path: Path, label_path: Optional[Path]) -> Data:
+    """MNIST-style images (N, H, W) and their labels (N,), read and checked against each other."""
+    images = read_idx(image_path)
+    labels = read_idx(label_path) if label_path else None
+    if labels is not None and images.ndim == 1 and labels.ndim == 3:
+        raise GancliError(f"{image_path} holds labels and {label_path} holds images: the two files are swapped; "
+                          "rename them")
+    if images.ndim != 3:
+        raise GancliError(f"{image_path} holds an array of shape {images.shape}, not images (N, height, width)")
+    if labels is not None:
+        if labels.ndim != 1:
+            raise GancliError(f"{label_path} holds an array of shape {labels.shape}, not labels (N,)")
+        if len(labels) != len(images):
+            raise GancliError(f"{image_path} holds {len(images)} images but {label_path} holds {len(labels)} labels: "
+                              "the two files are from different sets; download them again")
+    return Data(x=torch.from_numpy(images.copy())[:, None],  # (N, 1, H, W)
+                labels=None if labels is None else torch.from_numpy(labels.astype(np.int64)))
 
 
 def _idx(*folders: str) -> Callable[[Any, int], Data]:
@@ -165,9 +203,7 @@ def _idx(*folders: str) -> Callable[[Any, int], Data]:
                 f"downloaded; put {image_stem}.gz and {label_stem}.gz in {Path(cfg.root) / folders[0] / 'raw'} "
                 "or point data.root at the folder that holds them"
             )
-        images = torch.from_numpy(read_idx(image_path).copy())[:, None]  # (N, 1, 28, 28)
-        labels = torch.from_numpy(read_idx(label_path).astype(np.int64)) if label_path else None
-        return Data(x=images, labels=labels)
+        return _images_and_labels(image_path, label_path)
 
     return load
 
@@ -232,9 +268,19 @@ def _is_image(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
 
 
-def _visible(path: Path, root: Path) -> bool:
-    """No part of `path` below `root` is hidden (.DS_Store, .git): hidden files are not the user's data."""
-    return not any(part.startswith(".") for part in path.relative_to(root).parts)
+def _files(folder: Path) -> list[Path]:
+    """Every visible file below `folder`, sorted, through symlinked folders (a class subfolder
+    that links elsewhere), each real folder once (a link back up is not followed again)."""
+    seen, files = set(), []
+    for root, dirs, names in os.walk(folder, followlinks=True):
+        st = os.stat(root)
+        if (st.st_dev, st.st_ino) in seen:
+            dirs.clear()
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        files += [Path(root) / name for name in names if not name.startswith(".")]
+    return sorted(p for p in files if p.is_file())
 
 
 def _folder_classes(cfg: Any) -> Optional[list[str]]:
@@ -244,8 +290,7 @@ def _folder_classes(cfg: Any) -> Optional[list[str]]:
     entries = [p for p in folder.iterdir() if not p.name.startswith(".")]
     if any(_is_image(p) for p in entries):
         return None
-    names = sorted(d.name for d in entries if d.is_dir() and any(
-        _is_image(p) and _visible(p, d) for p in d.rglob("*")))
+    names = sorted(d.name for d in entries if d.is_dir() and any(_is_image(p) for p in _files(d)))
     return names or None
 
 
@@ -260,7 +305,7 @@ def _folder(cfg: Any, seed: int) -> Data:
     from torchvision.transforms.functional import center_crop, pil_to_tensor, resize
 
     folder = folder_path(cfg)
-    paths = sorted(p for p in folder.rglob("*") if p.is_file() and _visible(p, folder))
+    paths = _files(folder)
     classes = _folder_classes(cfg)
     mode = "L" if cfg.channels == 1 else "RGB"
     images, kept, skipped = [], [], {}
@@ -283,22 +328,26 @@ def _folder(cfg: Any, seed: int) -> Data:
         log.warning("data.path=%s: skipped %d of %d files: %s", cfg.path, n_skipped, len(paths), reasons)
     if not images:
         raise GancliError(f"data.path={cfg.path} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    n_skipped = len(paths) - len(kept)
     if classes is None:
-        return Data(x=torch.stack(images))
+        return Data(x=torch.stack(images), skipped=n_skipped)
     index = {name: i for i, name in enumerate(classes)}
     labels = torch.tensor([index[p.relative_to(folder).parts[0]] for p in kept])  # the class subfolder
-    return Data(x=torch.stack(images), labels=labels)
+    return Data(x=torch.stack(images), labels=labels, skipped=n_skipped)
 
 
 def _read_image(path: Path, mode: str) -> "PIL.Image.Image":
-    """The image at `path` in `mode` ("L" or "RGB"), decoded in full, or _Unusable. 16-bit grey
-    keeps its top 8 bits (a plain conversion clips it to near-white); transparent pixels become
-    black, whatever colour the file stores under them."""
-    from PIL import Image
+    """The image at `path` in `mode` ("L" or "RGB"), decoded in full, upright, or _Unusable. The
+    EXIF orientation a camera records is applied (a phone's portrait is stored on its side);
+    16-bit grey keeps its top 8 bits (a plain conversion clips it to near-white); transparent
+    pixels become black, whatever colour the file stores under them."""
+    from PIL import Image, ImageOps
 
     try:
         with Image.open(path) as img:
             img.load()  # decode now: a truncated file fails here, not half-way through training
+            with contextlib.suppress(Exception):  # damaged EXIF: the pixels as stored are still an image
+                img = ImageOps.exif_transpose(img)
             if min(img.size) < MIN_SIDE:
                 raise _Unusable(f"smaller than {MIN_SIDE}x{MIN_SIDE} pixels")
             if img.mode.startswith("I;16") or img.mode == "I":  # 16-bit grey (PNG, TIFF)

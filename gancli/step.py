@@ -69,7 +69,8 @@ class Executor:
         layout = torch.channels_last if plan.channels_last else torch.contiguous_format
         labelled = state.G.n_classes > 0
         self.batches = batches_cls(data, self.batch_size, cfg.seed, device, rank=ranks.rank,
-                                   world_size=ranks.world_size, labels=labelled, memory_format=layout)
+                                   world_size=ranks.world_size, labels=labelled, memory_format=layout,
+                                   xflip=cfg.data.xflip)
 
         # Each network as the updates call it. Compiled wrappers share their weights with G and D,
         # which are what checkpoints save. The network being updated runs through DDP, whose

@@ -232,6 +232,9 @@ def _log_start(run: Run, run_dir: Path) -> None:
     log.info("precision %s: %s", plan.precision.value, plan.precision_reason)
     for note in plan.notes:
         log.info(note)
+    classes = f" in {len(run.data.classes)} classes" if run.data.classes else ""
+    skipped = f", {run.data.skipped} files skipped" if run.data.skipped else ""
+    log.info("data: %d %s%s%s", len(run.data.x), "images" if run.data.is_image else "points", classes, skipped)
     for key, (ramp, start, end) in run.execute.schedule.ramps.items():
         span = f"{ramp.kimg:g} kimg" if ramp.kimg is not None else "the run"
         warmup = f" after a warm-up of {ramp.warmup_kimg:g} kimg" if ramp.warmup_kimg else ""
@@ -292,6 +295,8 @@ def _summary(run: Run, status: str, ended_by: str, signum: int, stats: dict[str,
         "metrics": metrics,  # the last evaluation, when eval.every is on
         "model": cfg.model.name,
         "data": cfg.data.name.value,
+        "data_samples": len(run.data.x),  # the images (or points) trained on
+        "data_skipped": run.data.skipped,  # files of data.path that are not usable images
         "batch_size": cfg.train.batch_size,  # per process
         "world_size": ranks.world_size,
         "global_batch_size": cfg.train.batch_size * ranks.world_size,

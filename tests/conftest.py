@@ -128,9 +128,10 @@ def is_png(path: Path) -> bool:
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> Path:
-    """One finished tiny training run, shared by the tests that only read it."""
-    root = tmp_path_factory.mktemp("tiny")
-    run_gancli("train", *TINY, f"hydra.run.dir={root / 'run'}", cwd=root)
+    """One finished tiny training run, shared by the tests that only read it, in a folder named as
+    people name theirs (a space, letters outside ASCII): every command then meets such a path."""
+    root = tmp_path_factory.mktemp("tiny") / "my runs größer"
+    run_gancli("train", *TINY, f"hydra.run.dir={root / 'run'}", cwd=root.parent)
     return root / "run"
 
 

@@ -32,6 +32,8 @@ def test_train_writes_a_complete_run_folder(tiny_run):
     assert summary["wall_s"] > 0 and summary["img_per_s"] > 0
     assert all(isinstance(summary[k], float) for k in ("loss_d", "loss_g"))
     assert summary["versions"]["torch"] == torch.__version__
+    assert summary["data_samples"] == 1797 and summary["data_skipped"] == 0  # the bundled digits, all used
+    assert "data: 1797 images in 10 classes" in (tiny_run / "train.log").read_text()
 
     state = torch.load(tiny_run / "checkpoints" / "last.pt", weights_only=True)
     assert state["step"] == 6 and state["config"]["model"]["g_width"] == 8

@@ -7,6 +7,7 @@ import pytest
 from hydra import compose, initialize_config_module
 
 from gancli import cli, config, sample, train
+from gancli.cli import quote_path
 from gancli.config import DataName, LossName, OptimizerName, Precision, TrainApp, to_plain, to_typed
 from gancli.datasets import DATASETS
 from gancli.errors import GancliError
@@ -16,8 +17,9 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def compose_train(*overrides: str) -> TrainApp:
+    """The train config of these overrides, with paths quoted as the command line quotes them."""
     with initialize_config_module("gancli.configs", version_base="1.3"):
-        return to_typed(compose("train", overrides=list(overrides)))
+        return to_typed(compose("train", overrides=[quote_path(arg) for arg in overrides]))
 
 
 def options(group: str) -> list[str]:
@@ -288,3 +290,22 @@ def test_defaults_live_in_the_schema_once(app):
     import yaml
 
     assert set(yaml.safe_load((CONFIGS / f"{app}.yaml").read_text())) == {"defaults", "hydra"}
+
+
+def test_paths_are_taken_as_people_type_them(tmp_path, monkeypatch):
+    """`~`, spaces and letters outside ASCII in a path value: Hydra's override grammar takes none
+    of them unquoted; the command line expands `~` and quotes the value for it."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    photos = tmp_path / "my phötos"
+    photos.mkdir()
+    cfg = compose_train("data=folder", "data.path=~/my phötos", f"hydra.run.dir={tmp_path / 'runs ü' / 'a'}")
+    assert cfg.data.path == str(photos)
+    assert quote_path("data.path=~/faces") == f"data.path={tmp_path}/faces"
+    assert quote_path("ckpt=it's mine") == '''ckpt="it's mine"'''
+    assert quote_path("out=C:\\Läufe\\") == "out='C:\\Läufe\\\\'"  # the closing quote stays a quote
+    assert quote_path("out=/runs/x\\ y") == "out='/runs/x\\ y'"  # not Hydra's escaped space
+    assert quote_path("train.resume=null") == "train.resume=null"
+    assert quote_path("data.path=/a,/b") == "data.path=/a,/b"  # a sweep's list under -m, as written
+    assert quote_path("model.name=my model") == "model.name=my model"  # only paths are rewritten
+    with pytest.raises(GancliError, match="both kinds of quote"):
+        quote_path("""out=a 'b' "c\"""")

@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from gancli.config import DataConfig, DataName, Split
-from gancli.data import Batches, data_shape, load_data, read_idx, to_model
+from gancli.data import Batches, Data, data_shape, load_data, read_idx, to_model
 from gancli.errors import GancliError
 
 
@@ -73,6 +73,66 @@ def test_truncated_idx_is_reported(tmp_path):
     path.write_bytes(path.read_bytes()[:-10])
     with pytest.raises(GancliError, match="truncated"):
         read_idx(path)
+
+
+def _mnist_files(root, images, labels, compress=True):
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    suffix = ".gz" if compress else ""
+    paths = raw / f"t10k-images-idx3-ubyte{suffix}", raw / f"t10k-labels-idx1-ubyte{suffix}"
+    for path, array in zip(paths, (images, labels)):
+        _write_idx(path, array, compress)
+    return paths
+
+
+def _cut(path):  # a download that stopped part-way
+    path.write_bytes(path.read_bytes()[:-40])
+
+
+def _scramble(path):  # bytes changed inside the compressed stream
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2 : len(raw) // 2 + 16] = bytes(16)
+    path.write_bytes(bytes(raw))
+
+
+def _swap(images, labels):
+    tmp = images.with_suffix(".tmp")
+    images.rename(tmp), labels.rename(images), tmp.rename(labels)
+
+
+def _wrong_dimension_count(path):  # an IDX header that says 1-D over an image array
+    raw = bytearray(gzip.decompress(path.read_bytes()))
+    raw[3] = 1
+    path.write_bytes(gzip.compress(bytes(raw)))
+
+
+def _float_type(path):  # IDX of float32 (type 0x0D): not MNIST's bytes
+    raw = bytearray(gzip.decompress(path.read_bytes()))
+    raw[2] = 0x0D
+    path.write_bytes(gzip.compress(bytes(raw)))
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda images, labels: _cut(images), "t10k-images-idx3-ubyte.gz is a truncated gzip file"),
+    (lambda images, labels: _scramble(images), "t10k-images-idx3-ubyte.gz is a corrupt gzip file"),
+    (_swap, "holds labels and .* holds images: the two files are swapped"),
+    (lambda images, labels: _wrong_dimension_count(images), "wrong magic number"),
+    (lambda images, labels: _float_type(labels), "labels-idx1-ubyte.gz is not an IDX file of unsigned bytes"),
+], ids=["truncated_gzip", "corrupt_gzip", "swapped", "wrong_dimensions", "not_bytes"])
+def test_damaged_mnist_files_are_one_error_naming_the_file(tmp_path, damage, message):
+    rng = np.random.default_rng(0)
+    images, labels = _mnist_files(tmp_path, rng.integers(0, 256, size=(200, 28, 28)), np.arange(200) % 10)
+    damage(images, labels)
+    with pytest.raises(GancliError, match=message):
+        load_data(DataConfig(name=DataName.mnist, root=str(tmp_path), split=Split.test), seed=0)
+
+
+@pytest.mark.parametrize("n_images, n_labels", [(20, 18), (18, 20)])
+def test_images_and_labels_of_different_counts_are_refused(tmp_path, n_images, n_labels):
+    """Either way round: fewer labels would fail mid-run, more would train silently on a mismatch."""
+    _mnist_files(tmp_path, np.zeros((n_images, 28, 28)), np.arange(n_labels) % 10, compress=False)
+    with pytest.raises(GancliError, match=f"holds {n_images} images but .* holds {n_labels} labels"):
+        load_data(DataConfig(name=DataName.mnist, root=str(tmp_path), split=Split.test), seed=0)
 
 
 def test_missing_mnist_offline_says_where_to_put_it(tmp_path, monkeypatch):
@@ -228,3 +288,55 @@ def test_the_data_sets_are_one_table():
     for name, ds in DATASETS.items():
         assert ds.points == (data_shape(DataConfig(name=DataName[name])) == (2,))
         assert not ds.measured or ds.points or ds.classes is not None, name  # the metrics need classes or centres
+
+
+def _left_white(height, width):
+    """An image white on its left half, black on its right: which way up and round it is shows."""
+    pixels = np.zeros((height, width), np.uint8)
+    pixels[:, : width // 2] = 255
+    return pixels
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    """A phone stores a portrait on its side with EXIF orientation 6 (turn 90 degrees clockwise to
+    view); it trains upright."""
+    stored = Image.fromarray(_left_white(32, 48))  # landscape as stored: white on the left
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 clockwise
+    stored.save(tmp_path / "portrait.jpg", exif=exif, quality=95)
+    data = load_data(DataConfig(name=DataName.folder, path=str(tmp_path), image_size=16), seed=0)
+    image = data.x[0, 0].float()
+    # upright, the stored left side is on top: a white top half, a black bottom half
+    assert image[:6].mean() > 200 and image[-6:].mean() < 50
+
+
+def test_symlinked_class_subfolders_are_followed_and_a_loop_is_not(tmp_path):
+    elsewhere, photos = tmp_path / "elsewhere" / "dogs", tmp_path / "photos"
+    elsewhere.mkdir(parents=True)
+    (photos / "cats").mkdir(parents=True)
+    Image.new("L", (16, 16), 10).save(photos / "cats" / "a.png")
+    Image.new("L", (16, 16), 200).save(elsewhere / "b.png")
+    (photos / "dogs").symlink_to(elsewhere)
+    (photos / "cats" / "again").symlink_to(photos)  # a loop back to the top
+    data = load_data(DataConfig(name=DataName.folder, path=str(photos), image_size=8), seed=0)
+    assert data.classes == ["cats", "dogs"] and sorted(data.labels.tolist()) == [0, 1]
+    assert len(data.x) == 2
+
+
+def test_xflip_mirrors_about_half_of_each_batch_and_is_the_same_on_a_rerun():
+    images = torch.from_numpy(_left_white(8, 8))[None, None].repeat(256, 1, 1, 1)  # (256, 1, 8, 8)
+    data = Data(x=images)
+    flips = Batches(data, 64, seed=3, device=torch.device("cpu"), xflip=True)
+    plain = Batches(data, 64, seed=3, device=torch.device("cpu"))
+    mirrored = [flips(k).x[:, 0, 0, 0] < 0 for k in range(8)]  # the left column black: mirrored
+    share = torch.cat(mirrored).float().mean().item()
+    assert 0.4 < share < 0.6  # 512 fair coins: 0.5 +- 0.022
+    assert all(0 < m.sum() < 64 for m in mirrored)  # per sample, not per batch
+    assert not any((plain(k).x[:, 0, 0, 0] < 0).any() for k in range(8))  # off: as before
+    again = Batches(data, 64, seed=3, device=torch.device("cpu"), xflip=True)
+    assert all(torch.equal(again(k).x, flips(k).x) for k in (5, 0, 7))  # batch k depends on (seed, k) alone
+
+
+def test_xflip_is_for_images():
+    with pytest.raises(GancliError, match="data.xflip mirrors images"):
+        load_data(DataConfig(name=DataName.ring, xflip=True), seed=0)

@@ -145,4 +145,4 @@ def test_inception_fid_and_kid_with_weights_on_disk(tiny_run, tmp_path, shared_c
     from gancli.errors import GancliError
 
     with pytest.raises(GancliError, match="absent.pth"):
-        cli.preflight(evaluate, [f"ckpt={tiny_run}", f"inception_weights={tmp_path / 'absent.pth'}"])
+        cli.preflight(evaluate, [cli.quote_path(f"ckpt={tiny_run}"), f"inception_weights={tmp_path / 'absent.pth'}"])
