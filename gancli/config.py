@@ -113,6 +113,7 @@ class DataConfig:
     image_size: int = 28  # images are resized to image_size x image_size
     channels: int = 1  # 1 (grey) or 3 (RGB); fixed by the data set except for `folder`
     path: Optional[str] = None  # `folder`: the folder of images
+    cache_dir: Optional[str] = None  # `folder`'s prepared sets; null: $GANCLI_CACHE/data or ~/.cache/gancli/data
     xflip: bool = False  # mirror each real image left-right at random, each epoch anew (StyleGAN's --mirror)
     n: int = 20000  # `ring`/`grid`: points drawn; `stacked_mnist`, `fake`: images made
     std: float = 0.01  # `ring`/`grid`: standard deviation of each Gaussian
@@ -440,6 +441,13 @@ class EvalApp:
         at_least(self, "", 2, "n")
 
 
+@dataclass
+class PrepareApp:
+    """Root of `gancli prepare`."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+
+
 def _check_schedule(cfg: TrainApp) -> None:
     """A schedule shapes a value its key turns on; it never turns a feature on or off itself."""
     sched = cfg.schedule
@@ -469,6 +477,7 @@ def register() -> None:
     cs.store(name="sample_schema", node=SampleApp)
     cs.store(name="bench_schema", node=BenchApp)
     cs.store(name="eval_schema", node=EvalApp)
+    cs.store(name="prepare_schema", node=PrepareApp)
     for name, schema in MODEL_SCHEMAS.items():
         # kept out of the model group, so that `--help` lists only the models
         cs.store(name=f"model_{name}_schema", node=schema)

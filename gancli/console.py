@@ -56,3 +56,23 @@ class progress_bar:
 
     def __exit__(self, *exc: Any) -> None:
         self.progress.__exit__(*exc)
+
+
+class count_bar:
+    """A bar of items done out of `total` (files prepared, say) on a terminal; nothing otherwise."""
+
+    def __init__(self, name: str, total: int):
+        console = get_console()
+        self.progress = Progress(TextColumn(f"[bold]{name}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                                 console=console, disable=not console.is_terminal)
+        self.task = self.progress.add_task(name, total=total)
+
+    def __enter__(self) -> "count_bar":
+        self.progress.__enter__()
+        return self
+
+    def advance(self) -> None:
+        self.progress.advance(self.task)
+
+    def __exit__(self, *exc: Any) -> None:
+        self.progress.__exit__(*exc)

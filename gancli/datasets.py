@@ -20,20 +20,16 @@ import struct
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
+from gancli.decode import IMAGE_SUFFIXES
 from gancli.errors import GancliError
-
-if TYPE_CHECKING:
-    import PIL.Image
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-MIN_SIDE = 8  # pixels: a smaller image (a 1x1 placeholder, an icon) is not training data
 
 
 @dataclass
@@ -268,7 +264,7 @@ def _is_image(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
 
 
-def _files(folder: Path) -> list[Path]:
+def files_below(folder: Path) -> list[Path]:
     """Every visible file below `folder`, sorted, through symlinked folders (a class subfolder
     that links elsewhere), each real folder once (a link back up is not followed again)."""
     seen, files = set(), []
@@ -283,88 +279,22 @@ def _files(folder: Path) -> list[Path]:
     return sorted(p for p in files if p.is_file())
 
 
-def _folder_classes(cfg: Any) -> Optional[list[str]]:
+def folder_classes(cfg: Any) -> Optional[list[str]]:
     """The subfolder names, when every image of data.path lies in one of its subfolders (one per
     class); else None. Hidden files and folders (.DS_Store, .git) are not the user's data."""
     folder = folder_path(cfg)
     entries = [p for p in folder.iterdir() if not p.name.startswith(".")]
     if any(_is_image(p) for p in entries):
         return None
-    names = sorted(d.name for d in entries if d.is_dir() and any(_is_image(p) for p in _files(d)))
+    names = sorted(d.name for d in entries if d.is_dir() and any(_is_image(p) for p in files_below(d)))
     return names or None
 
 
-class _Unusable(Exception):
-    """A file of a folder data set that cannot be used; the message says why, in a few words."""
-
-
 def _folder(cfg: Any, seed: int) -> Data:
-    """Every usable image below data.path, as uint8 (N, C, S, S), and its class subfolder's label
-    where each image lies in one. Files that are not usable images are skipped and counted in
-    one warning line; a folder with none left is an error."""
-    from torchvision.transforms.functional import center_crop, pil_to_tensor, resize
+    """Every usable image below data.path, prepared once (gancli/prepared.py) and memory-mapped."""
+    from gancli.prepared import load_folder
 
-    folder = folder_path(cfg)
-    paths = _files(folder)
-    classes = _folder_classes(cfg)
-    mode = "L" if cfg.channels == 1 else "RGB"
-    images, kept, skipped = [], [], {}
-    for path in paths:
-        try:
-            if path.suffix.lower() not in IMAGE_SUFFIXES:
-                raise _Unusable("not an image file")
-            img = _read_image(path, mode)
-        except _Unusable as exc:
-            skipped.setdefault(str(exc), []).append(path)
-            continue
-        img = center_crop(resize(img, cfg.image_size, antialias=True), [cfg.image_size, cfg.image_size])
-        images.append(pil_to_tensor(img))  # uint8 (C, S, S)
-        kept.append(path)
-    if skipped:
-        n_skipped = sum(len(v) for v in skipped.values())
-        reasons = "; ".join(f"{len(v)} {why} (e.g. {v[0].relative_to(folder)})" for why, v in skipped.items())
-        if not images:
-            raise GancliError(f"data.path={cfg.path} holds no usable image: {reasons}")
-        log.warning("data.path=%s: skipped %d of %d files: %s", cfg.path, n_skipped, len(paths), reasons)
-    if not images:
-        raise GancliError(f"data.path={cfg.path} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-    n_skipped = len(paths) - len(kept)
-    if classes is None:
-        return Data(x=torch.stack(images), skipped=n_skipped)
-    index = {name: i for i, name in enumerate(classes)}
-    labels = torch.tensor([index[p.relative_to(folder).parts[0]] for p in kept])  # the class subfolder
-    return Data(x=torch.stack(images), labels=labels, skipped=n_skipped)
-
-
-def _read_image(path: Path, mode: str) -> "PIL.Image.Image":
-    """The image at `path` in `mode` ("L" or "RGB"), decoded in full, upright, or _Unusable. The
-    EXIF orientation a camera records is applied (a phone's portrait is stored on its side);
-    16-bit grey keeps its top 8 bits (a plain conversion clips it to near-white); transparent
-    pixels become black, whatever colour the file stores under them."""
-    from PIL import Image, ImageOps
-
-    try:
-        with Image.open(path) as img:
-            img.load()  # decode now: a truncated file fails here, not half-way through training
-            with contextlib.suppress(Exception):  # damaged EXIF: the pixels as stored are still an image
-                img = ImageOps.exif_transpose(img)
-            if min(img.size) < MIN_SIDE:
-                raise _Unusable(f"smaller than {MIN_SIDE}x{MIN_SIDE} pixels")
-            if img.mode.startswith("I;16") or img.mode == "I":  # 16-bit grey (PNG, TIFF)
-                grey = np.asarray(img).astype(np.float64) / 257.0  # 0..65535 -> 0..255
-                img = Image.fromarray(grey.round().clip(0, 255).astype(np.uint8), "L")
-            elif img.mode == "F":
-                raise _Unusable("floating-point images (mode F)")
-            if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-                rgba = img.convert("RGBA")
-                img = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba)
-            return img.convert(mode)
-    except _Unusable:
-        raise
-    except Image.DecompressionBombError:
-        raise _Unusable("too large to decode safely") from None
-    except Exception:  # noqa: BLE001 (Pillow raises OSError, ValueError, SyntaxError, ... for broken files)
-        raise _Unusable("unreadable or truncated") from None
+    return load_folder(cfg)
 
 
 # ---- the table ----
@@ -381,7 +311,7 @@ DATASETS: dict[str, DataSet] = {
     "cifar10": DataSet(_cifar10, channels=3, measured=True, download="CIFAR10",
                        classes=["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
                                 "truck"]),
-    "folder": DataSet(_folder, classes=_folder_classes),  # data.path, one subfolder per class or none
+    "folder": DataSet(_folder, classes=folder_classes),  # data.path, one subfolder per class or none
     "ring": DataSet(_mixture(_RING, radius=True), points=True, classes=[f"mode {i}" for i in range(8)], measured=True),
     "grid": DataSet(_mixture(torch.cartesian_prod(_GRID_AXIS, _GRID_AXIS)), points=True,
                     classes=[f"mode {i}" for i in range(25)], measured=True),
