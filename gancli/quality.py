@@ -19,6 +19,13 @@ from gancli.metrics import (class_metrics, density_coverage, frechet_distance, m
 log = logging.getLogger(__name__)
 
 
+def near_chance(accuracy: float, n_classes: int) -> bool:
+    """A held-out accuracy nearer chance (1 / classes) than perfect: features that barely separate
+    the classes (a folder of two classes reached 0.125 once), on which a Frechet distance means little."""
+    chance = 1.0 / n_classes
+    return accuracy < (chance + 1.0) / 2
+
+
 def evaluate(fake: torch.Tensor, data: Data, data_cfg: DataConfig, device: torch.device, seed: int,
              cache_dir: Optional[str], inception_weights: Optional[str] = None,
              asked: Optional[torch.Tensor] = None) -> dict[str, Any]:
@@ -79,6 +86,11 @@ def evaluate(fake: torch.Tensor, data: Data, data_cfg: DataConfig, device: torch
             conditional = {"class_accuracy": float((fake_pred == asked).double().mean()),
                            "fd_class_mean": sum(finite) / len(finite) if finite else float("nan"),
                            "fd_per_class": fds}
+        metrics["classifier_near_chance"] = near_chance(ref.accuracy, ref.n_classes)
+        if metrics["classifier_near_chance"]:
+            log.warning("the reference classifier tells the classes apart in only %.0f%% of held-out images (chance: "
+                        "%.0f%%), so fd and the class metrics, built on its features, say little about these images; "
+                        "more images per class help", 100 * ref.accuracy, 100 / ref.n_classes)
         if "inception_note" in metrics:
             log.info(metrics["inception_note"])
         protocol = {

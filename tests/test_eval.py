@@ -29,7 +29,7 @@ def test_eval_of_an_image_run(tiny_run, tmp_path, shared_cache, monkeypatch):
     assert metrics["step"] == 6 and metrics["n_classes"] == 10
     assert metrics["classes_covered"] in range(1, 11) and metrics["class_kl"] >= 0
     assert metrics["fd"] > metrics["fd_real_floor"] > 0  # 6 steps of training are far from real
-    assert metrics["classifier_accuracy"] > 0.9
+    assert metrics["classifier_accuracy"] > 0.9 and metrics["classifier_near_chance"] is False
     assert all(0 <= metrics[key] <= 1 for key in ("precision", "recall", "coverage")) and metrics["density"] >= 0
     protocol = metrics["protocol"]
     assert protocol["n_generated"] == 300 and protocol["n_real"] == 300 and protocol["data"] == "digits"
@@ -146,3 +146,23 @@ def test_inception_fid_and_kid_with_weights_on_disk(tiny_run, tmp_path, shared_c
 
     with pytest.raises(GancliError, match="absent.pth"):
         cli.preflight(evaluate, [cli.quote_path(f"ckpt={tiny_run}"), f"inception_weights={tmp_path / 'absent.pth'}"])
+
+
+def test_a_reference_classifier_near_chance_is_said(tmp_path, caplog):
+    """Two 'classes' of the same noise: no classifier can tell them apart, and the metrics say so."""
+    import torch
+
+    from gancli.config import DataConfig, DataName
+    from gancli.datasets import Data
+    from gancli.quality import evaluate, near_chance
+
+    gen = torch.Generator().manual_seed(0)
+    noise = torch.randint(0, 256, (200, 1, 16, 16), generator=gen, dtype=torch.uint8)
+    data = Data(x=noise, labels=torch.arange(200) % 2, classes=["a", "b"])
+    fake = torch.rand(64, 1, 16, 16, generator=gen) * 2 - 1
+    cfg = DataConfig(name=DataName.folder, path=str(tmp_path), image_size=16)
+    with caplog.at_level("WARNING", logger="gancli.quality"):
+        metrics = evaluate(fake, data, cfg, torch.device("cpu"), 0, str(tmp_path / "cache"))
+    assert metrics["classifier_accuracy"] < 0.75 and metrics["classifier_near_chance"] is True
+    assert any("tells the classes apart in only" in r.getMessage() for r in caplog.records)
+    assert near_chance(0.55, 10) is False and near_chance(0.5, 10) is True  # halfway from 10% to 100%
