@@ -30,6 +30,13 @@ class Split(Enum):
     test = "test"
 
 
+class Fit(Enum):
+    """How a folder's non-square image becomes square."""
+
+    crop = "crop"  # the largest centred square (StyleGAN's dataset_tool --transform=center-crop)
+    pad = "pad"  # the whole image, centred on black
+
+
 class OptimizerName(Enum):
     adam = "adam"
     sgd = "sgd"
@@ -114,6 +121,7 @@ class DataConfig:
     channels: int = 1  # 1 (grey) or 3 (RGB); fixed by the data set except for `folder`
     path: Optional[str] = None  # `folder`: the folder of images
     cache_dir: Optional[str] = None  # `folder`'s prepared sets; null: $GANCLI_CACHE/data or ~/.cache/gancli/data
+    fit: Fit = Fit.crop  # `folder`: crop or pad a non-square image to a square
     xflip: bool = False  # mirror each real image left-right at random, each epoch anew (StyleGAN's --mirror)
     n: int = 20000  # `ring`/`grid`: points drawn; `stacked_mnist`, `fake`: images made
     std: float = 0.01  # `ring`/`grid`: standard deviation of each Gaussian

@@ -1,4 +1,4 @@
-"""Decoding one image file for a prepared set: upright, resized, centre-cropped, written into its
+"""Decoding one image file for a prepared set: upright, resized, made square, written into its
 row of the set's pixel file. Imports neither torch nor the rest of gancli, so that the worker
 processes that run it start in a fraction of a second."""
 
@@ -22,11 +22,11 @@ class Unusable(Exception):
     """A file of a folder data set that cannot be used; the message says why, in a few words."""
 
 
-def decode_into(job: tuple[int, Path, int, int, Path]) -> Optional[str]:
+def decode_into(job: tuple[int, Path, int, int, str, Path]) -> Optional[str]:
     """Decode file `path` into row `row` of the uint8 (N, C, S, S) file `out`; None when done, else
     why the file is not usable. A failed write (a full disk) raises OSError."""
-    row, path, size, channels, out = job
-    pixels = decode(path, size, channels)
+    row, path, size, channels, fit, out = job
+    pixels = decode(path, size, channels, fit)
     if isinstance(pixels, str):
         return pixels
     fd = os.open(out, os.O_WRONLY)
@@ -40,7 +40,7 @@ def decode_into(job: tuple[int, Path, int, int, Path]) -> Optional[str]:
     return None
 
 
-def decode(path: Path, size: int, channels: int) -> np.ndarray | str:
+def decode(path: Path, size: int, channels: int, fit: str = "crop") -> np.ndarray | str:
     """The file as uint8 (C, S, S), or why it is not usable."""
     if path.suffix.lower() not in IMAGE_SUFFIXES:
         return "not an image file"
@@ -48,14 +48,21 @@ def decode(path: Path, size: int, channels: int) -> np.ndarray | str:
         img = read_image(path, "L" if channels == 1 else "RGB", draft=size)
     except Unusable as exc:
         return str(exc)
-    return square(img, size)
+    return square(img, size, fit)
 
 
-def square(img: "PIL.Image.Image", size: int) -> np.ndarray:
-    """The image's shorter side resized to `size` (bilinear, antialiased), its centre cropped square."""
+def square(img: "PIL.Image.Image", size: int, fit: str = "crop") -> np.ndarray:
+    """`crop`: the image's shorter side resized to `size` (bilinear, antialiased), its centre
+    cropped square. `pad`: its longer side resized to `size`, centred on black: all of it kept."""
     from PIL import Image
 
     w, h = img.size
+    if fit == "pad":
+        new = (size, max(1, round(size * h / w))) if w >= h else (max(1, round(size * w / h)), size)
+        canvas = Image.new(img.mode, (size, size))
+        canvas.paste(img.resize(new, Image.BILINEAR), ((size - new[0]) // 2, (size - new[1]) // 2))
+        pixels = np.asarray(canvas, dtype=np.uint8)
+        return pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1).copy()
     if w <= h:
         new = (size, max(size, int(size * h / w)))
     else:

@@ -1,4 +1,4 @@
-"""A folder of images, prepared once: decoded on every core, turned upright, resized and cropped
+"""A folder of images, prepared once: decoded on every core, turned upright, resized and made square
 into one file of uint8 pixels that later runs memory-map instead of decoding again.
 
 A prepared set is a folder in data.cache_dir (default $GANCLI_CACHE/data or ~/.cache/gancli/data):
@@ -6,7 +6,7 @@ A prepared set is a folder in data.cache_dir (default $GANCLI_CACHE/data or ~/.c
     images.u8       uint8 (N, C, S, S), C-contiguous, no header (the manifest gives the shape)
     labels.i64      int64 (N,), where every image lies in a class subfolder
     manifest.json   what it was made from (the source files with their sizes and modification
-                    times, size, channels, crop) and what it holds (count, classes, skipped files)
+                    times, size, channels, fit) and what it holds (count, classes, skipped files)
 
 Its name carries a key of what it was made from, so a changed source (a file added, removed or
 modified) or another size is another set, prepared again. It is written in a temporary folder
@@ -43,7 +43,6 @@ log = logging.getLogger("gancli.data")
 
 VERSION = 1  # of the format and of the decoding: a change prepares every set again
 MANIFEST, IMAGES, LABELS = "manifest.json", "images.u8", "labels.i64"
-CROP = "center"  # the only policy yet: the largest centred square
 
 
 def cache_root(cache_dir: Optional[str]) -> Path:
@@ -63,12 +62,12 @@ def load_folder(cfg: Any) -> Data:
         "source": str(folder),
         "image_size": cfg.image_size,
         "channels": cfg.channels,
-        "crop": CROP,
+        "fit": cfg.fit.value,  # how a non-square image becomes square
         "files": [[str(p.relative_to(folder)), st.st_size, st.st_mtime_ns] for p in files for st in [p.stat()]],
     }
     key = hashlib.sha256(json.dumps(source, sort_keys=True).encode()).hexdigest()[:16]
     root = cache_root(cfg.cache_dir)
-    entry = root / f"{_slug(folder)}-{cfg.image_size}px-{key}"
+    entry = root / f"{_slug(folder)}-{cfg.image_size}px-{key}"  # the key tells sizes, channels and fits apart
     if not (entry / MANIFEST).is_file():
         try:
             root.mkdir(parents=True, exist_ok=True)
@@ -92,7 +91,7 @@ def _say_why(root: Path, entry: Path, source: dict[str, Any], path: str) -> None
         manifest = _read_manifest(other)
         if other == entry or manifest is None or manifest.get("source") != source["source"]:
             continue
-        if any(manifest.get(k) != source[k] for k in ("version", "channels", "crop")):
+        if any(manifest.get(k) != source[k] for k in ("version", "channels", "fit")):
             continue  # another set made from this folder (in grey, say): still of use
         before = {name: (size, mtime) for name, size, mtime in manifest["files"]}
         now = {name: (size, mtime) for name, size, mtime in source["files"]}
@@ -131,7 +130,7 @@ def _lock(path: Path) -> Iterator[None]:
 
 def _prepare(entry: Path, source: dict[str, Any], folder: Path, files: list[Path],
              classes: Optional[list[str]], path: str) -> None:
-    size, channels = source["image_size"], source["channels"]
+    size, channels, fit = source["image_size"], source["channels"], source["fit"]
     for stale in entry.parent.glob(f"{entry.name}.tmp-*"):  # a prepare killed part-way (we hold the lock)
         shutil.rmtree(stale, ignore_errors=True)
     tmp = entry.with_name(f"{entry.name}.tmp-{os.getpid()}")
@@ -141,7 +140,7 @@ def _prepare(entry: Path, source: dict[str, Any], folder: Path, files: list[Path
         tmp.mkdir()
         with open(pixels, "wb") as out:
             out.truncate(len(files) * row_bytes)  # row i for file i, written by whichever worker decodes it
-        results = list(_decode_all(files, size, channels, pixels))  # None (written) or why not, in order
+        results = list(_decode_all(files, size, channels, fit, pixels))  # None (written) or why not, in order
         kept = [i for i, why in enumerate(results) if why is None]
         skipped: dict[str, list[str]] = {}
         for file, why in zip(files, results):
@@ -180,11 +179,11 @@ def _compact(pixels: Path, kept: list[int], row_bytes: int) -> None:
         os.fsync(f.fileno())
 
 
-def _decode_all(files: list[Path], size: int, channels: int, pixels: Path) -> Iterator[Optional[str]]:
+def _decode_all(files: list[Path], size: int, channels: int, fit: str, pixels: Path) -> Iterator[Optional[str]]:
     """Each file decoded into its row of `pixels` (None) or why it is not usable, in order, on
     every core: threads suffice, since Pillow lets go of Python's lock while it decodes and
     resizes (and threads need no worker start-up, nor a main module that can be imported again)."""
-    jobs = [(row, path, size, channels, pixels) for row, path in enumerate(files)]
+    jobs = [(row, path, size, channels, fit, pixels) for row, path in enumerate(files)]
     workers = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1, 32)
     with ThreadPoolExecutor(workers) as pool, count_bar("prepare", len(files)) as bar:
         for result in pool.map(decoding.decode_into, jobs):

@@ -158,3 +158,21 @@ def test_gancli_prepare_on_the_command_line(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit) as info:
         cli.main(["prepare", "data=digits"])
     assert info.value.code == 2 and "gancli prepare prepares a folder of images" in capsys.readouterr().err
+
+
+def test_a_wide_image_is_cropped_by_default_or_padded(tmp_path):
+    from gancli.config import Fit
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    wide = np.full((20, 40), 200, np.uint8)
+    wide[:, :10] = 50  # a dark left quarter, which a centre crop cuts off
+    Image.fromarray(wide).save(photos / "wide.png")
+    config = DataConfig(name=DataName.folder, path=str(photos), image_size=16, channels=1,
+                        cache_dir=str(tmp_path / "c"))
+    cropped = load_data(config, seed=0).x[0, 0]
+    assert cropped.min() >= 180  # the centre: bright (the resize blurs the dark edge by a pixel)
+    config.fit = Fit.pad
+    padded = load_data(config, seed=0).x[0, 0]  # 16 x 8 of image, centred on black
+    assert padded[:4].max() == 0 and padded[12:].max() == 0 and padded[4:12, 0].float().mean() < 80
+    assert len(_sets(tmp_path / "c")) == 2  # two fits, two prepared sets
