@@ -13,10 +13,12 @@ from __future__ import annotations
 import contextlib
 import gzip
 import io
+import json
 import logging
 import math
 import os
 import struct
+import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -252,12 +254,49 @@ def _cifar10(cfg: Any, seed: int) -> Data:
 
 
 def folder_path(cfg: Any) -> Path:
+    """data.path: a folder of images, or a zip archive of them."""
     if cfg.path is None:
         raise GancliError("data=folder needs data.path=<folder of images>")
     folder = Path(cfg.path).expanduser()
+    if is_archive(folder):
+        return folder
     if not folder.is_dir():
-        raise GancliError(f"data.path={cfg.path} is not a folder")
+        raise GancliError(f"data.path={cfg.path} is not a folder or a .zip archive")
     return folder
+
+
+def is_archive(path: Path) -> bool:
+    return path.suffix.lower() == ".zip" and path.is_file()
+
+
+def archive_listing(path: Path) -> tuple[list[zipfile.ZipInfo], Optional[dict[str, int]]]:
+    """A zip archive's image files (sorted by name) and, where it has a dataset.json with labels
+    (StyleGAN2-ADA's dataset_tool layout: {"labels": [[name, class], ...]}), each one's class."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            infos = sorted((i for i in archive.infolist() if not i.is_dir() and Path(i.filename).name != "dataset.json"
+                            and not any(part.startswith((".", "__MACOSX")) for part in Path(i.filename).parts)),
+                           key=lambda i: i.filename)
+            names = set(archive.namelist())
+            meta = json.loads(archive.read("dataset.json")) if "dataset.json" in names else {}
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise GancliError(f"data.path={path} is not a readable zip archive ({exc})") from None
+    labels = meta.get("labels") if isinstance(meta, dict) else None
+    if not labels:
+        return infos, None
+    try:
+        label_of = {str(name): int(label) for name, label in labels}
+    except (TypeError, ValueError):
+        raise GancliError(f"{path}: dataset.json's labels are not [file name, class] pairs") from None
+    unlabelled = [i.filename for i in infos if i.filename not in label_of and _is_image_name(i.filename)]
+    if unlabelled:
+        raise GancliError(f"{path}: dataset.json gives no label for {len(unlabelled)} images (e.g. {unlabelled[0]}); "
+                          "label them all, or remove its labels to train without classes")
+    return infos, label_of
+
+
+def _is_image_name(name: str) -> bool:
+    return Path(name).suffix.lower() in IMAGE_SUFFIXES
 
 
 def _is_image(path: Path) -> bool:
@@ -283,6 +322,9 @@ def folder_classes(cfg: Any) -> Optional[list[str]]:
     """The subfolder names, when every image of data.path lies in one of its subfolders (one per
     class); else None. Hidden files and folders (.DS_Store, .git) are not the user's data."""
     folder = folder_path(cfg)
+    if is_archive(folder):  # its classes are dataset.json's labels
+        _, label_of = archive_listing(folder)
+        return None if label_of is None else [str(c) for c in sorted(set(label_of.values()))]
     entries = [p for p in folder.iterdir() if not p.name.startswith(".")]
     if any(_is_image(p) for p in entries):
         return None

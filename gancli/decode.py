@@ -5,7 +5,10 @@ processes that run it start in a fraction of a second."""
 from __future__ import annotations
 
 import contextlib
+import io
 import os
+import threading
+import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
@@ -22,11 +25,24 @@ class Unusable(Exception):
     """A file of a folder data set that cannot be used; the message says why, in a few words."""
 
 
-def decode_into(job: tuple[int, Path, int, int, str, Path]) -> Optional[str]:
-    """Decode file `path` into row `row` of the uint8 (N, C, S, S) file `out`; None when done, else
-    why the file is not usable. A failed write (a full disk) raises OSError."""
-    row, path, size, channels, fit, out = job
-    pixels = decode(path, size, channels, fit)
+_archives = threading.local()  # each thread's open zip archive: reading it is not safe across threads
+
+
+def decode_into(job: tuple[int, Path, str, bool, int, int, str, Path]) -> Optional[str]:
+    """Decode file `name` of the folder or zip archive `source` into row `row` of the uint8
+    (N, C, S, S) file `out`; None when done, else why the file is not usable. A failed write (a
+    full disk) raises OSError."""
+    row, source, name, archive, size, channels, fit, out = job
+    if archive:
+        if getattr(_archives, "path", None) != source:
+            _archives.path, _archives.zip = source, zipfile.ZipFile(source)
+        try:
+            member: Path | io.BytesIO = io.BytesIO(_archives.zip.read(name))
+        except Exception:  # noqa: BLE001 (a damaged member: BadZipFile, zlib.error, EOFError, ...)
+            return "unreadable or truncated"
+        pixels = decode(member, size, channels, fit, suffix=Path(name).suffix)
+    else:
+        pixels = decode(source / name, size, channels, fit)
     if isinstance(pixels, str):
         return pixels
     fd = os.open(out, os.O_WRONLY)
@@ -40,9 +56,10 @@ def decode_into(job: tuple[int, Path, int, int, str, Path]) -> Optional[str]:
     return None
 
 
-def decode(path: Path, size: int, channels: int, fit: str = "crop") -> np.ndarray | str:
-    """The file as uint8 (C, S, S), or why it is not usable."""
-    if path.suffix.lower() not in IMAGE_SUFFIXES:
+def decode(path: Path | io.BytesIO, size: int, channels: int, fit: str = "crop",
+           suffix: Optional[str] = None) -> np.ndarray | str:
+    """The file (or a zip member's bytes, named by `suffix`) as uint8 (C, S, S), or why it is not usable."""
+    if (suffix if suffix is not None else path.suffix).lower() not in IMAGE_SUFFIXES:
         return "not an image file"
     try:
         img = read_image(path, "L" if channels == 1 else "RGB", draft=size)
@@ -73,7 +90,7 @@ def square(img: "PIL.Image.Image", size: int, fit: str = "crop") -> np.ndarray:
     return pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1).copy()
 
 
-def read_image(path: Path, mode: str, draft: Optional[int] = None) -> "PIL.Image.Image":
+def read_image(path: Path | io.BytesIO, mode: str, draft: Optional[int] = None) -> "PIL.Image.Image":
     """The image at `path` in `mode` ("L" or "RGB"), decoded in full, upright, or Unusable. A JPEG
     to be shrunk to `draft` pixels is decoded at the smallest scale (1/2, 1/4, 1/8) that keeps
     both sides at least twice that: its DCT does the first halvings, and the antialiased resize

@@ -34,7 +34,7 @@ import torch
 
 from gancli import decode as decoding
 from gancli.console import count_bar
-from gancli.datasets import Data, files_below, folder_classes, folder_path
+from gancli.datasets import Data, archive_listing, files_below, folder_classes, folder_path, is_archive
 from gancli.decode import IMAGE_SUFFIXES
 from gancli.errors import GancliError
 
@@ -56,14 +56,23 @@ def load_folder(cfg: Any) -> Data:
     """data.path's images as a prepared set, preparing it first where there is none for this
     source and these settings."""
     folder = folder_path(cfg).resolve()
-    files = files_below(folder)
+    if is_archive(folder):  # a zip: each member's size and CRC say whether it changed
+        infos, label_of = archive_listing(folder)
+        listing = [[i.filename, i.file_size, i.CRC] for i in infos]
+        classes = None if label_of is None else [str(c) for c in sorted(set(label_of.values()))]
+        labels = None if label_of is None else {name: classes.index(str(c)) for name, c in label_of.items()}
+    else:  # a folder: each file's size and modification time
+        listing = [[str(p.relative_to(folder)), st.st_size, st.st_mtime_ns] for p in files_below(folder)
+                   for st in [p.stat()]]
+        classes = folder_classes(cfg)
+        labels = None if classes is None else {name: classes.index(Path(name).parts[0]) for name, _, _ in listing}
     source = {
         "version": VERSION,
         "source": str(folder),
         "image_size": cfg.image_size,
         "channels": cfg.channels,
         "fit": cfg.fit.value,  # how a non-square image becomes square
-        "files": [[str(p.relative_to(folder)), st.st_size, st.st_mtime_ns] for p in files for st in [p.stat()]],
+        "files": listing,
     }
     key = hashlib.sha256(json.dumps(source, sort_keys=True).encode()).hexdigest()[:16]
     root = cache_root(cfg.cache_dir)
@@ -76,7 +85,7 @@ def load_folder(cfg: Any) -> Data:
         with _lock(root / f".{entry.name}.lock"):
             if not (entry / MANIFEST).is_file():  # another process may have prepared it meanwhile
                 _say_why(root, entry, source, cfg.path)
-                _prepare(entry, source, folder, files, folder_classes(cfg), cfg.path)
+                _prepare(entry, source, classes, labels, cfg.path)
     return _open(entry, cfg.path)
 
 
@@ -128,9 +137,10 @@ def _lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _prepare(entry: Path, source: dict[str, Any], folder: Path, files: list[Path],
-             classes: Optional[list[str]], path: str) -> None:
+def _prepare(entry: Path, source: dict[str, Any], classes: Optional[list[str]], labels: Optional[dict[str, int]],
+             path: str) -> None:
     size, channels, fit = source["image_size"], source["channels"], source["fit"]
+    names = [name for name, _, _ in source["files"]]
     for stale in entry.parent.glob(f"{entry.name}.tmp-*"):  # a prepare killed part-way (we hold the lock)
         shutil.rmtree(stale, ignore_errors=True)
     tmp = entry.with_name(f"{entry.name}.tmp-{os.getpid()}")
@@ -139,18 +149,16 @@ def _prepare(entry: Path, source: dict[str, Any], folder: Path, files: list[Path
     try:
         tmp.mkdir()
         with open(pixels, "wb") as out:
-            out.truncate(len(files) * row_bytes)  # row i for file i, written by whichever worker decodes it
-        results = list(_decode_all(files, size, channels, fit, pixels))  # None (written) or why not, in order
+            out.truncate(len(names) * row_bytes)  # row i for file i, written by whichever worker decodes it
+        results = list(_decode_all(Path(source["source"]), names, size, channels, fit, pixels))  # None: written
         kept = [i for i, why in enumerate(results) if why is None]
         skipped: dict[str, list[str]] = {}
-        for file, why in zip(files, results):
+        for name, why in zip(names, results):
             if why is not None:
-                skipped.setdefault(why, []).append(str(file.relative_to(folder)))
+                skipped.setdefault(why, []).append(name)
         _compact(pixels, kept, row_bytes)
-        if classes is not None and kept:
-            index = {name: i for i, name in enumerate(classes)}
-            labels = np.array([index[files[i].relative_to(folder).parts[0]] for i in kept], dtype=np.int64)
-            labels.tofile(tmp / LABELS)
+        if labels is not None and kept:
+            np.array([labels[names[i]] for i in kept], dtype=np.int64).tofile(tmp / LABELS)
         manifest = {**source, "count": len(kept), "classes": classes, "skipped": skipped}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
         if kept:
@@ -160,7 +168,7 @@ def _prepare(entry: Path, source: dict[str, Any], folder: Path, files: list[Path
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     if not kept:
-        _no_images(path, skipped, len(files))
+        _no_images(path, skipped, len(names))
     seconds = time.perf_counter() - t0
     log.info("prepared %d images in %.1f s (%.0f images/s)", len(kept), seconds, len(kept) / max(seconds, 1e-9))
 
@@ -179,13 +187,15 @@ def _compact(pixels: Path, kept: list[int], row_bytes: int) -> None:
         os.fsync(f.fileno())
 
 
-def _decode_all(files: list[Path], size: int, channels: int, fit: str, pixels: Path) -> Iterator[Optional[str]]:
+def _decode_all(source: Path, names: list[str], size: int, channels: int, fit: str,
+                pixels: Path) -> Iterator[Optional[str]]:
     """Each file decoded into its row of `pixels` (None) or why it is not usable, in order, on
     every core: threads suffice, since Pillow lets go of Python's lock while it decodes and
     resizes (and threads need no worker start-up, nor a main module that can be imported again)."""
-    jobs = [(row, path, size, channels, fit, pixels) for row, path in enumerate(files)]
+    archive = is_archive(source)
+    jobs = [(row, source, name, archive, size, channels, fit, pixels) for row, name in enumerate(names)]
     workers = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1, 32)
-    with ThreadPoolExecutor(workers) as pool, count_bar("prepare", len(files)) as bar:
+    with ThreadPoolExecutor(workers) as pool, count_bar("prepare", len(names)) as bar:
         for result in pool.map(decoding.decode_into, jobs):
             bar.advance()
             yield result

@@ -176,3 +176,31 @@ def test_a_wide_image_is_cropped_by_default_or_padded(tmp_path):
     padded = load_data(config, seed=0).x[0, 0]  # 16 x 8 of image, centred on black
     assert padded[:4].max() == 0 and padded[12:].max() == 0 and padded[4:12, 0].float().mean() < 80
     assert len(_sets(tmp_path / "c")) == 2  # two fits, two prepared sets
+
+
+def _zip(folder, path, labels=None):
+    import json
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as archive:
+        for image in sorted(folder.iterdir()):
+            archive.write(image, f"00000/{image.name}")
+        if labels is not None:
+            archive.writestr("dataset.json", json.dumps({"labels": labels}))
+
+
+def test_zip_archives_train_as_they_are_with_or_without_labels(tmp_path):
+    """StyleGAN2-ADA's dataset_tool layout: images in the archive, an optional dataset.json."""
+    photos, cache = tmp_path / "photos", tmp_path / "cache"
+    _photos(photos, 4)
+    from_folder = load_data(_config(photos, cache), seed=0)
+    _zip(photos, tmp_path / "plain.zip")
+    plain = load_data(_config(tmp_path / "plain.zip", cache), seed=0)
+    assert torch.equal(plain.x, from_folder.x) and plain.labels is None
+    names = [f"00000/{p.name}" for p in sorted(photos.iterdir())]
+    _zip(photos, tmp_path / "labelled.zip", labels=[[name, 7 if i % 2 else 3] for i, name in enumerate(names)])
+    labelled = load_data(_config(tmp_path / "labelled.zip", cache), seed=0)
+    assert labelled.classes == ["3", "7"] and labelled.labels.tolist() == [0, 1, 0, 1]
+    (tmp_path / "broken.zip").write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(GancliError, match="broken.zip is not a readable zip archive"):
+        load_data(_config(tmp_path / "broken.zip", cache), seed=0)
