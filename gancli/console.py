@@ -27,13 +27,13 @@ def table_console() -> Console:
 
 
 class progress_bar:
-    """A progress bar (step, losses, img/s, ETA) on a terminal; nothing otherwise, or when
-    `show` is false (every rank of a data-parallel run but the first)."""
+    """A progress bar (step, losses, img/s, ETA; or files prepared) on a terminal; nothing
+    otherwise, or when `show` is false (every rank of a data-parallel run but the first)."""
 
-    def __init__(self, total: Optional[int], start: int, show: bool = True):
+    def __init__(self, total: Optional[int], start: int, show: bool = True, name: str = "train"):
         console = get_console()
         self.progress = Progress(
-            TextColumn("[bold]train"),
+            TextColumn(f"[bold]{name}"),
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("{task.fields[stats]}"),
@@ -41,7 +41,7 @@ class progress_bar:
             console=console,
             disable=not (show and console.is_terminal),
         )
-        self.task = self.progress.add_task("train", total=total, completed=start, stats="")
+        self.task = self.progress.add_task(name, total=total, completed=start, stats="")
 
     def __enter__(self) -> "progress_bar":
         self.progress.__enter__()
@@ -57,22 +57,3 @@ class progress_bar:
     def __exit__(self, *exc: Any) -> None:
         self.progress.__exit__(*exc)
 
-
-class count_bar:
-    """A bar of items done out of `total` (files prepared, say) on a terminal; nothing otherwise."""
-
-    def __init__(self, name: str, total: int):
-        console = get_console()
-        self.progress = Progress(TextColumn(f"[bold]{name}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                                 console=console, disable=not console.is_terminal)
-        self.task = self.progress.add_task(name, total=total)
-
-    def __enter__(self) -> "count_bar":
-        self.progress.__enter__()
-        return self
-
-    def advance(self) -> None:
-        self.progress.advance(self.task)
-
-    def __exit__(self, *exc: Any) -> None:
-        self.progress.__exit__(*exc)

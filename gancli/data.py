@@ -70,7 +70,10 @@ def load_data(cfg: DataConfig, seed: int) -> Data:
     images = data.x
     if images.shape[-1] != cfg.image_size or images.shape[-2] != cfg.image_size:
         images = _resize(images, cfg.image_size)
-    classes = class_names(cfg) if data.labels is not None else None
+    if data.labels is None:
+        classes = None
+    else:  # a prepared folder knows its classes; others name them without reading (class_names)
+        classes = data.classes if data.classes is not None else class_names(cfg)
     return Data(x=images.contiguous(), labels=data.labels, classes=classes, skipped=data.skipped)
 
 

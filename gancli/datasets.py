@@ -299,10 +299,6 @@ def _is_image_name(name: str) -> bool:
     return Path(name).suffix.lower() in IMAGE_SUFFIXES
 
 
-def _is_image(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
-
-
 def files_below(folder: Path) -> list[Path]:
     """Every visible file below `folder`, sorted, through symlinked folders (a class subfolder
     that links elsewhere), each real folder once (a link back up is not followed again)."""
@@ -325,11 +321,16 @@ def folder_classes(cfg: Any) -> Optional[list[str]]:
     if is_archive(folder):  # its classes are dataset.json's labels
         _, label_of = archive_listing(folder)
         return None if label_of is None else [str(c) for c in sorted(set(label_of.values()))]
-    entries = [p for p in folder.iterdir() if not p.name.startswith(".")]
-    if any(_is_image(p) for p in entries):
+    return classes_of([str(p.relative_to(folder)) for p in files_below(folder)])
+
+
+def classes_of(names: list[str]) -> Optional[list[str]]:
+    """The class subfolders of a folder's files (paths relative to it): the first folder of every
+    image's path, or None where an image lies at the top."""
+    parts = [Path(name).parts for name in names if _is_image_name(name)]
+    if not parts or any(len(p) == 1 for p in parts):
         return None
-    names = sorted(d.name for d in entries if d.is_dir() and any(_is_image(p) for p in files_below(d)))
-    return names or None
+    return sorted({p[0] for p in parts})
 
 
 def _folder(cfg: Any, seed: int) -> Data:

@@ -76,17 +76,13 @@ def square(img: "PIL.Image.Image", size: int, fit: str = "crop") -> np.ndarray:
     w, h = img.size
     if fit == "pad":
         new = (size, max(1, round(size * h / w))) if w >= h else (max(1, round(size * w / h)), size)
-        canvas = Image.new(img.mode, (size, size))
-        canvas.paste(img.resize(new, Image.BILINEAR), ((size - new[0]) // 2, (size - new[1]) // 2))
-        pixels = np.asarray(canvas, dtype=np.uint8)
-        return pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1).copy()
-    if w <= h:
-        new = (size, max(size, int(size * h / w)))
+        img_square = Image.new(img.mode, (size, size))
+        img_square.paste(img.resize(new, Image.BILINEAR), ((size - new[0]) // 2, (size - new[1]) // 2))
     else:
-        new = (max(size, int(size * w / h)), size)
-    img = img.resize(new, Image.BILINEAR)
-    left, top = int(round((new[0] - size) / 2.0)), int(round((new[1] - size) / 2.0))
-    pixels = np.asarray(img.crop((left, top, left + size, top + size)), dtype=np.uint8)
+        new = (size, max(size, int(size * h / w))) if w <= h else (max(size, int(size * w / h)), size)
+        left, top = int(round((new[0] - size) / 2.0)), int(round((new[1] - size) / 2.0))
+        img_square = img.resize(new, Image.BILINEAR).crop((left, top, left + size, top + size))
+    pixels = np.asarray(img_square, dtype=np.uint8)  # (S, S) grey or (S, S, 3)
     return pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1).copy()
 
 

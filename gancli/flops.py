@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import time
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -54,14 +54,17 @@ def _measured_matmul_flops(device: torch.device, precision: Precision, n: int = 
     return 2 * n**3 * reps / (time.perf_counter() - t0)
 
 
-def step_flops(cfg: TrainApp, shape: tuple) -> int:
+def step_flops(cfg: TrainApp, shape: tuple, n_classes: Optional[int] = None) -> int:
     """FLOPs of one training step: the forward and backward passes of its D and G updates, with
     their penalties and augmentation, counted once on weightless meta tensors, so nothing is
     computed and no state changes. FlopCounterMode counts matrix products and convolutions,
     so the optimizers and G_ema's update (elementwise) count nothing. With lazy regularisation
-    the penalties count on 1 in loss.reg_every D updates."""
+    the penalties count on 1 in loss.reg_every D updates. `n_classes`: the loaded data's (None:
+    named from the config, which lists a folder's subfolders)."""
     with torch.device("meta"):
-        G, D = build_models(cfg.model, shape, len(class_names(cfg.data) or []))
+        if n_classes is None:
+            n_classes = len(class_names(cfg.data) or [])
+        G, D = build_models(cfg.model, shape, n_classes)
         augment = Augment(cfg.augment) if cfg.augment.active else None
         c = torch.zeros(cfg.train.batch_size, dtype=torch.long) if G.n_classes else None
         batch = Batch(torch.empty(cfg.train.batch_size, *shape), c)

@@ -33,8 +33,8 @@ import numpy as np
 import torch
 
 from gancli import decode as decoding
-from gancli.console import count_bar
-from gancli.datasets import Data, archive_listing, files_below, folder_classes, folder_path, is_archive
+from gancli.console import progress_bar
+from gancli.datasets import Data, archive_listing, classes_of, files_below, folder_path, is_archive
 from gancli.decode import IMAGE_SUFFIXES
 from gancli.errors import GancliError
 
@@ -64,7 +64,7 @@ def load_folder(cfg: Any) -> Data:
     else:  # a folder: each file's size and modification time
         listing = [[str(p.relative_to(folder)), st.st_size, st.st_mtime_ns] for p in files_below(folder)
                    for st in [p.stat()]]
-        classes = folder_classes(cfg)
+        classes = classes_of([name for name, _, _ in listing])
         labels = None if classes is None else {name: classes.index(Path(name).parts[0]) for name, _, _ in listing}
     source = {
         "version": VERSION,
@@ -195,9 +195,9 @@ def _decode_all(source: Path, names: list[str], size: int, channels: int, fit: s
     archive = is_archive(source)
     jobs = [(row, source, name, archive, size, channels, fit, pixels) for row, name in enumerate(names)]
     workers = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1, 32)
-    with ThreadPoolExecutor(workers) as pool, count_bar("prepare", len(names)) as bar:
-        for result in pool.map(decoding.decode_into, jobs):
-            bar.advance()
+    with ThreadPoolExecutor(workers) as pool, progress_bar(len(names), 0, name="prepare") as bar:
+        for done, result in enumerate(pool.map(decoding.decode_into, jobs), 1):
+            bar.update(done)
             yield result
 
 
@@ -231,6 +231,6 @@ def _open(entry: Path, path: str) -> Data:
     n_skipped = sum(len(names) for names in skipped.values())
     if n_skipped:
         log.warning("data.path=%s: skipped %d of %d files: %s", path, n_skipped, n + n_skipped, _reasons(skipped))
-    return Data(x=torch.from_numpy(images), labels=labels, skipped=n_skipped)
+    return Data(x=torch.from_numpy(images), labels=labels, classes=manifest["classes"], skipped=n_skipped)
 
 

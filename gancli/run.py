@@ -104,7 +104,7 @@ def setup(cfg: TrainApp, ranks: Optional[Ranks] = None, data: Optional[Data] = N
     state = TrainState(cfg, data.shape, len(data.classes or []), device, plan)
     timer = timer_cls(device)
     execute = Executor(cfg, state, data, plan, timer, ranks)
-    meter = Meter(device, ranks, timer, cfg.train.batch_size, step_flops(cfg, data.shape),
+    meter = Meter(device, ranks, timer, cfg.train.batch_size, step_flops(cfg, data.shape, len(data.classes or [])),
                   peak_flops(device, plan.precision), t_start)
     return Run(cfg, device, plan, ranks, data, state, execute, meter)
 
