@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import importlib.resources
 import logging
@@ -161,14 +162,15 @@ def time_variant(cfg: BenchApp, warmup: int, steps: int, repeats: int, data_cach
     run = prepare(cfg, warmup, data_cache, timer_cls)
     device, plan, precision = run.device, run.plan, run.plan.precision
     times = []
-    for _ in range(repeats):
-        runtime.synchronize(device)
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            run.execute()
-        runtime.synchronize(device)
-        run.execute.timer.read()  # what training does once per log interval
-        times.append((time.perf_counter() - t0) / steps)
+    with contextlib.closing(run.execute):
+        for _ in range(repeats):
+            runtime.synchronize(device)
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                run.execute()
+            runtime.synchronize(device)
+            run.execute.timer.read()  # what training does once per log interval
+            times.append((time.perf_counter() - t0) / steps)
     stats = run.execute.take_stats()
     seconds = statistics.median(times)
     batch_size = run.cfg.train.batch_size

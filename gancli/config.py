@@ -123,6 +123,11 @@ class DataConfig:
     cache_dir: Optional[str] = None  # `folder`'s prepared sets; null: $GANCLI_CACHE/data or ~/.cache/gancli/data
     fit: Fit = Fit.crop  # `folder`: crop or pad a non-square image to a square
     xflip: bool = False  # mirror each real image left-right at random, each epoch anew (StyleGAN's --mirror)
+    # where training batches come from: true, a copy of the whole data set on the device; false,
+    # streamed from host memory or a prepared set's file by a background reader; auto, on the
+    # device when the data set's pixels fit on_device_gb
+    on_device: str = "auto"
+    on_device_gb: float = 4.0
     n: int = 20000  # `ring`/`grid`: points drawn; `stacked_mnist`, `fake`: images made
     std: float = 0.01  # `ring`/`grid`: standard deviation of each Gaussian
     radius: float = 1.0  # `ring`: radius of the circle of centres
@@ -133,6 +138,9 @@ class DataConfig:
         at_least(self, "data", 1, "n")
         require(self.std > 0, "data.std", self.std, "a number > 0")
         require(self.radius > 0, "data.radius", self.radius, "a number > 0")
+        self.on_device = str(self.on_device).lower()  # the command line's true/false arrive as True/False
+        require(self.on_device in ("auto", "true", "false"), "data.on_device", self.on_device, "auto, true or false")
+        require(self.on_device_gb >= 0, "data.on_device_gb", self.on_device_gb, "a number of GB >= 0")
         if self.path is not None and not self.path.strip():
             raise GancliError("data.path is empty; give the folder of images, data.path=<folder>")
 

@@ -7,8 +7,13 @@ are float32 (N, 2) points in their own coordinates.
 
 from __future__ import annotations
 
+import contextlib
+import queue
+import threading
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
+
+import numpy as np
 
 import torch
 import torch.nn.functional as F
@@ -74,7 +79,8 @@ def load_data(cfg: DataConfig, seed: int) -> Data:
         classes = None
     else:  # a prepared folder knows its classes; others name them without reading (class_names)
         classes = data.classes if data.classes is not None else class_names(cfg)
-    return Data(x=images.contiguous(), labels=data.labels, classes=classes, skipped=data.skipped)
+    file = data.file if images is data.x else None  # resized: the prepared file no longer holds these pixels
+    return Data(x=images.contiguous(), labels=data.labels, classes=classes, skipped=data.skipped, file=file)
 
 
 def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -100,51 +106,195 @@ def _labels(data: Data, labels: bool) -> Optional[torch.Tensor]:
     return data.labels if labels else None
 
 
-class Batches:
-    """Batch k of a shuffled pass over the data, a fresh permutation per epoch.
+class Order:
+    """Which samples batch k holds, and which of them are mirrored: a fresh permutation of the
+    data each epoch, drawn from (seed, epoch) alone.
 
-    A batch depends only on (seed, k), so a resumed run draws exactly the batches the
-    uninterrupted run would have drawn. The data is kept on the device when it fits.
-    In a data-parallel run, step k's global batch is world_size * batch_size samples of the
-    same permutation, and each rank takes its own slice: the ranks never share a sample within
-    an epoch, and one rank of one is the single-process order. `labels` adds each sample's
-    class; `memory_format` is the layout D wants its images in.
+    The batch index is the reader's whole position: step s's D updates take batches
+    s * d_steps onward, so a checkpoint's step is where a resumed run reads on, and it draws
+    exactly the batches the uninterrupted run would have drawn. In a data-parallel run, batch
+    k is world_size * batch_size samples of the same permutation and each rank takes its own
+    slice: the ranks never share a sample within an epoch, and one rank of one is the
+    single-process order.
     """
 
-    def __init__(self, data: Data, batch_size: int, seed: int, device: torch.device, max_device_bytes: int = 2**31,
-                 rank: int = 0, world_size: int = 1, labels: bool = False,
-                 memory_format: torch.memory_format = torch.contiguous_format, xflip: bool = False):
-        n = len(data.x)
-        self.xflip = xflip
+    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1, xflip: bool = False,
+                 device: torch.device = torch.device("cpu")):
         _check_batch(batch_size, world_size, n)
-        on_device = data.x.numel() * data.x.element_size() <= max_device_bytes
-        self.x = data.x.to(device) if on_device else data.x
-        c = _labels(data, labels)
-        self.c = None if c is None else c.to(self.x.device)
-        self.device, self.memory_format = device, memory_format
-        self.batch_size = batch_size
+        self.n, self.batch_size, self.seed, self.xflip, self.device = n, batch_size, seed, xflip, device
         self.global_batch = batch_size * world_size
         self.offset = rank * batch_size  # this rank's slice of each global batch
         self.per_epoch = n // self.global_batch  # the last partial batch of an epoch is dropped
-        self.seed = seed
-        self._epoch, self._perm = -1, None
+        self._epoch, self._perm, self._flip = -1, torch.empty(0), None
 
-    def __call__(self, k: int) -> Batch:
+    def __call__(self, k: int) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """int64 (B,) sample indices of batch k on this rank, and bool (B,) which to mirror (or None)."""
         epoch, i = divmod(k, self.per_epoch)
         if epoch != self._epoch:
             gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._perm = torch.randperm(len(self.x), generator=gen).to(self.x.device)
+            self._perm = torch.randperm(self.n, generator=gen).to(self.device)
             # which places of the epoch's order are mirrored: drawn after the order, which stays as it was
-            self._flip = torch.rand(len(self.x), generator=gen).lt(0.5).to(self.device) if self.xflip else None
+            self._flip = torch.rand(self.n, generator=gen).lt(0.5).to(self.device) if self.xflip else None
             self._epoch = epoch
         start = i * self.global_batch + self.offset
-        idx = self._perm[start : start + self.batch_size]
-        x = to_model(self.x[idx].to(self.device, non_blocking=True))
-        if self._flip is not None:  # per sample, on the device
-            x = torch.where(self._flip[start : start + self.batch_size].view(-1, 1, 1, 1), x.flip(-1), x)
-        if self.memory_format is not torch.contiguous_format and x.dim() == 4:
-            x = x.contiguous(memory_format=self.memory_format)
-        return Batch(x, None if self.c is None else self.c[idx].to(self.device, non_blocking=True))
+        flip = None if self._flip is None else self._flip[start : start + self.batch_size]
+        return self._perm[start : start + self.batch_size], flip
+
+
+def _mirrored(x: torch.Tensor, flip: Optional[torch.Tensor]) -> torch.Tensor:
+    """Images (B, C, H, W) with those that `flip` (B,) marks mirrored left-right."""
+    return x if flip is None else torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+
+
+def _laid_out(x: torch.Tensor, memory_format: torch.memory_format) -> torch.Tensor:
+    if memory_format is not torch.contiguous_format and x.dim() == 4:
+        return x.contiguous(memory_format=memory_format)
+    return x
+
+
+def on_device(cfg: DataConfig, data: Data) -> tuple[bool, str]:
+    """Whether training keeps the whole data set on the device (True) or streams its batches
+    from host memory or a prepared set's file (False), and why, in words for the log."""
+    size_gb = data.x.numel() * data.x.element_size() / 1e9
+    if cfg.on_device != "auto":
+        return cfg.on_device == "true", f"data.on_device={cfg.on_device}"
+    fits = size_gb <= cfg.on_device_gb
+    return fits, (f"data.on_device=auto: {size_gb:.2f} GB {'within' if fits else 'over'} "
+                  f"data.on_device_gb={cfg.on_device_gb:g}")
+
+
+class Batches:
+    """Batch k (see Order) from a copy of the whole data set on the device: an index into it,
+    no copy from the host. `labels` adds each sample's class; `memory_format` is the layout D
+    wants its images in; `xflip` mirrors the samples Order marks, on the device."""
+
+    def __init__(self, data: Data, batch_size: int, seed: int, device: torch.device, rank: int = 0,
+                 world_size: int = 1, labels: bool = False,
+                 memory_format: torch.memory_format = torch.contiguous_format, xflip: bool = False):
+        self.order = Order(len(data.x), batch_size, seed, rank, world_size, xflip, device)
+        self.x = data.x.to(device)
+        c = _labels(data, labels)
+        self.c = None if c is None else c.to(device)
+        self.memory_format = memory_format
+        self.where = f"kept on {device.type}"
+
+    def __call__(self, k: int) -> Batch:
+        idx, flip = self.order(k)
+        x = _mirrored(to_model(self.x[idx]), flip)
+        return Batch(_laid_out(x, self.memory_format), None if self.c is None else self.c[idx])
+
+    def close(self) -> None:
+        pass
+
+
+class StreamBatches:
+    """The batches of Batches, equal to them, for data that stays off the device: a background
+    thread gathers each batch from host memory, or from a prepared set's file by plain reads
+    (the kernel's page cache keeps what was read, not this process: host memory stays bounded
+    whatever the number of images), into one of `ahead` + 1 buffers (pinned for CUDA), and the
+    step copies it to the device without blocking. The reader runs `ahead` batches ahead of the
+    step; a step that asks for another batch (a resume, a rollback) restarts it there."""
+
+    def __init__(self, data: Data, batch_size: int, seed: int, device: torch.device, rank: int = 0,
+                 world_size: int = 1, labels: bool = False,
+                 memory_format: torch.memory_format = torch.contiguous_format, xflip: bool = False, ahead: int = 2):
+        self.order = Order(len(data.x), batch_size, seed, rank, world_size, xflip)
+        self.x, self.file, self.c = data.x, data.file, _labels(data, labels)
+        self.device, self.memory_format = device, memory_format
+        pin = device.type == "cuda"
+        self._buffers = [torch.empty((batch_size, *data.shape), dtype=data.x.dtype, pin_memory=pin)
+                         for _ in range(ahead + 1)]
+        self._copied: list[Optional[torch.cuda.Event]] = [None] * len(self._buffers)  # a slot's last copy out
+        self._free: queue.Queue = queue.Queue()
+        self._ready: queue.Queue = queue.Queue()
+        for slot in range(len(self._buffers)):
+            self._free.put(slot)
+        self._want = (0, 0)  # (restart count, first batch): where the reader reads from
+        self._next = 0  # the batch the step is expected to ask for next
+        self._thread: Optional[threading.Thread] = None
+        self.where = f"streamed from {self.file or 'host memory'} by a background reader, {ahead} batches ahead"
+
+    def __call__(self, k: int) -> Batch:
+        if self._thread is None:
+            self._want, self._next = (0, k), k
+            self._thread = threading.Thread(target=self._read, name="gancli-data-reader", daemon=True)
+            self._thread.start()
+        elif k != self._next:  # a resume or rollback: the reader starts over at k
+            self._want, self._next = (self._want[0] + 1, k), k
+        while True:
+            restart, got, slot, item = self._ready.get()
+            if isinstance(item, BaseException):
+                raise item
+            if restart == self._want[0] and got == k:
+                break
+            self._free.put(slot)  # read before the restart: not wanted
+        self._next = k + 1
+        x, c = item
+        if self.device.type == "cpu":  # the reader made it the model's already, out of the buffer
+            self._free.put(slot)
+            return Batch(x, c)
+        cuda = self.device.type == "cuda"  # from pinned memory, the copy need not block
+        x = x.to(self.device, non_blocking=cuda)
+        c = None if c is None else c.to(self.device, non_blocking=cuda)
+        event = torch.cuda.Event() if cuda else None
+        if event is not None:
+            event.record()
+        self._copied[slot] = event
+        self._free.put(slot)
+        return Batch(_laid_out(to_model(x), self.memory_format), c)
+
+    def _read(self) -> None:
+        """The reader thread: fill a free buffer with the next batch, hand it over, repeat."""
+        try:
+            reader = open(self.file, "rb", buffering=0) if self.file is not None else None
+        except OSError as exc:
+            self._ready.put((-1, -1, -1, GancliError(f"cannot read {self.file}: {exc.strerror}")))
+            return
+        with reader if reader is not None else contextlib.nullcontext():
+            restart, k = -1, 0
+            while True:
+                slot = self._free.get()
+                if slot is None:
+                    return
+                if self._want[0] != restart:
+                    restart, k = self._want
+                event = self._copied[slot]
+                if event is not None:  # the step's copy out of this buffer has finished
+                    event.synchronize()
+                try:
+                    item = self._gather(k, self._buffers[slot], reader)
+                except (OSError, GancliError) as exc:
+                    item = exc if isinstance(exc, GancliError) else GancliError(f"cannot read {self.file}: {exc}")
+                self._ready.put((restart, k, slot, item))
+                k += 1
+
+    def _gather(self, k: int, out: torch.Tensor, reader: Any) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        idx, flip = self.order(k)
+        if reader is None:
+            torch.index_select(self.x, 0, idx, out=out)
+        else:  # one read per sample, in file order, straight into its place in the buffer
+            rows = out.view(len(idx), -1).numpy()
+            row_bytes = rows.shape[1]
+            for i in np.argsort(idx.numpy(), kind="stable"):
+                reader.seek(int(idx[i]) * row_bytes)
+                if reader.readinto(rows[i]) != row_bytes:
+                    raise GancliError(f"{self.file} is shorter than its manifest says (changed since it was "
+                                      f"prepared?); delete {self.file.parent} and run again")
+        x = _mirrored(out, flip)
+        if self.device.type == "cpu":  # the conversion to the model's floats is done here, off the step
+            x = _laid_out(to_model(x), self.memory_format)
+            if x.data_ptr() == out.data_ptr():  # points: floats already, and the buffer is reused
+                x = x.clone()
+        elif flip is not None:
+            x = out.copy_(x)
+        return x, None if self.c is None else self.c[idx]
+
+    def close(self) -> None:
+        """Stop the reader thread (it holds no file open afterwards)."""
+        if self._thread is not None:
+            self._free.put(None)
+            self._thread.join()
+            self._thread = None
 
 
 class LoaderBatches:
@@ -174,6 +324,7 @@ class LoaderBatches:
         )
         self.device, self.memory_format = device, memory_format
         self._flips = torch.Generator().manual_seed(seed + 1) if xflip else None
+        self.where = "through a torch DataLoader over host memory"
         self._epoch = 0
         self._it = iter(self.loader)
 
@@ -193,3 +344,6 @@ class LoaderBatches:
         if self.memory_format is not torch.contiguous_format and x.dim() == 4:
             x = x.contiguous(memory_format=self.memory_format)
         return Batch(x, batch[1].to(self.device, non_blocking=True) if len(batch) > 1 else None)
+
+    def close(self) -> None:
+        pass

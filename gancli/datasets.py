@@ -41,6 +41,7 @@ class Data:
     centres: Optional[torch.Tensor] = None  # float32 (K, 2) mixture centres for points
     classes: Optional[list[str]] = None  # the name of each class, where the data set has classes
     skipped: int = 0  # files of the source that are not usable images (a folder's text files, broken files)
+    file: Optional[Path] = None  # a prepared set's pixel file, which holds x row by row (streaming reads it)
 
     @property
     def is_image(self) -> bool:

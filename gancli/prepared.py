@@ -231,6 +231,7 @@ def _open(entry: Path, path: str) -> Data:
     n_skipped = sum(len(names) for names in skipped.values())
     if n_skipped:
         log.warning("data.path=%s: skipped %d of %d files: %s", path, n_skipped, n + n_skipped, _reasons(skipped))
-    return Data(x=torch.from_numpy(images), labels=labels, classes=manifest["classes"], skipped=n_skipped)
+    return Data(x=torch.from_numpy(images), labels=labels, classes=manifest["classes"], skipped=n_skipped,
+                file=entry / IMAGES)
 
 

@@ -130,7 +130,7 @@ def check_resumable(saved: dict[str, Any], plain_cfg: dict[str, Any], parts: lis
     except (GancliError, TypeError, ValueError, KeyError, OmegaConfBaseException):
         saved_cfg = saved["config"] if isinstance(saved["config"], dict) else {}
     for key in ("model", "data"):
-        if saved_cfg.get(key) != plain_cfg[key]:
+        if _trained(key, saved_cfg.get(key)) != _trained(key, plain_cfg[key]):
             raise GancliError(
                 f"cannot resume from {path}: it was trained with a different {key} config "
                 f"({saved_cfg.get(key)}); use the same {key} settings or start a new run"
@@ -143,6 +143,17 @@ def check_resumable(saved: dict[str, Any], plain_cfg: dict[str, Any], parts: lis
     if missing:
         raise GancliError(f"cannot resume from {path}: it lacks {', '.join(missing)}; resume with the ema and augment "
                           "settings it was trained with, or start a new run")
+
+
+# where the data is kept and read from: a resumed run may change them, the samples stay the same
+PLACEMENT_KEYS = ("cache_dir", "on_device", "on_device_gb")
+
+
+def _trained(group: str, values: Any) -> Any:
+    """A config group's values that decide what is trained."""
+    if group != "data" or not isinstance(values, dict):
+        return values
+    return {key: value for key, value in values.items() if key not in PLACEMENT_KEYS}
 
 
 def load_into(state: TrainState, saved: dict[str, Any], path: Path, rng: bool = True) -> None:

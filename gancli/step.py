@@ -18,10 +18,10 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from gancli import runtime
+from gancli import data as data_sets, runtime
 from gancli.accel import AccelPlan, GraphedStep
 from gancli.config import TrainApp
-from gancli.data import Batch, Batches, Data, LoaderBatches
+from gancli.data import Batch, Batches, Data, LoaderBatches, StreamBatches
 from gancli.distributed import Ranks
 from gancli.ema import ema_beta
 from gancli.losses import Stats, d_objective, g_objective
@@ -65,12 +65,14 @@ class Executor:
         self.gammas = {key: torch.tensor(getattr(cfg.loss, key), device=device)
                        for key in ("r1_gamma", "r2_gamma") if key in self.schedule}
 
-        batches_cls = LoaderBatches if plan.dataloader else Batches
+        resident, why = data_sets.on_device(cfg.data, data)
+        batches_cls = LoaderBatches if plan.dataloader else Batches if resident else StreamBatches
         layout = torch.channels_last if plan.channels_last else torch.contiguous_format
         labelled = state.G.n_classes > 0
         self.batches = batches_cls(data, self.batch_size, cfg.seed, device, rank=ranks.rank,
                                    world_size=ranks.world_size, labels=labelled, memory_format=layout,
                                    xflip=cfg.data.xflip)
+        self.data_path = self.batches.where + ("" if plan.dataloader else f" ({why})")  # for the log
 
         # Each network as the updates call it. Compiled wrappers share their weights with G and D,
         # which are what checkpoints save. The network being updated runs through DDP, whose
@@ -106,6 +108,10 @@ class Executor:
 
     def _runner(self, net: nn.Module) -> nn.Module:
         return torch.compile(net, mode=self.plan.compile) if self.plan.compile else net
+
+    def close(self) -> None:
+        """Stop what runs beside the steps (a streaming reader)."""
+        self.batches.close()
 
     def captures(self) -> int:
         """CUDA graphs captured so far (0 without graphs): one per update, however often state is loaded."""

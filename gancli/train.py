@@ -115,7 +115,8 @@ def _train(cfg: TrainApp, run_dir: Path, folder: Optional[RunFolder]) -> dict[st
     budget_s = loop.minutes * 60 if loop.minutes else None  # training seconds, set-up and pauses excluded
     steps = loop.steps if budget_s is None else math.inf
     with progress_bar(loop.steps if budget_s is None else None, start, show=ranks.is_main) as bar, \
-            _StopSignals(repeat_quits=not ranks.data_parallel) as stop, contextlib.closing(out):
+            _StopSignals(repeat_quits=not ranks.data_parallel) as stop, contextlib.closing(out), \
+            contextlib.closing(execute):
         meter.begin()
         while state.step < steps:
             if stop.requested and not ranks.data_parallel:  # data-parallel ranks agree at a log line
@@ -234,7 +235,8 @@ def _log_start(run: Run, run_dir: Path) -> None:
         log.info(note)
     classes = f" in {len(run.data.classes)} classes" if run.data.classes else ""
     skipped = f", {run.data.skipped} files skipped" if run.data.skipped else ""
-    log.info("data: %d %s%s%s", len(run.data.x), "images" if run.data.is_image else "points", classes, skipped)
+    log.info("data: %d %s%s%s; %s", len(run.data.x), "images" if run.data.is_image else "points", classes, skipped,
+             run.execute.data_path)
     for key, (ramp, start, end) in run.execute.schedule.ramps.items():
         span = f"{ramp.kimg:g} kimg" if ramp.kimg is not None else "the run"
         warmup = f" after a warm-up of {ramp.warmup_kimg:g} kimg" if ramp.warmup_kimg else ""

@@ -1,5 +1,6 @@
 import gzip
 import struct
+import threading
 
 import numpy as np
 import pytest
@@ -221,19 +222,70 @@ def test_batches_cover_each_epoch_once_and_depend_only_on_the_index():
     assert batches(0).c is None  # no labels unless asked  # a new permutation next epoch
 
 
-def test_ranks_take_disjoint_slices_of_the_single_process_global_batch():
-    from gancli.data import Data
+@pytest.mark.parametrize("streamed", [False, True])
+def test_ranks_take_disjoint_slices_of_the_single_process_global_batch(streamed):
+    from gancli.data import Data, StreamBatches
 
     x = torch.arange(20, dtype=torch.float32)[:, None].repeat(1, 2)
     cpu = torch.device("cpu")
+    cls = StreamBatches if streamed else Batches
     whole = Batches(Data(x=x), batch_size=6, seed=3, device=cpu)  # one process, the global batch
-    ranks = [Batches(Data(x=x), batch_size=2, seed=3, device=cpu, rank=r, world_size=3) for r in range(3)]
+    ranks = [cls(Data(x=x), batch_size=2, seed=3, device=cpu, rank=r, world_size=3) for r in range(3)]
     for k in range(5):  # across an epoch boundary (3 global batches per epoch)
         slices = [b(k).x[:, 0] for b in ranks]
         assert torch.equal(torch.cat(slices), whole(k).x[:, 0])
         assert len(set(torch.cat(slices).tolist())) == 6
+    for b in ranks:
+        b.close()
     with pytest.raises(GancliError, match=r"train.batch_size=8 x 3 processes = 24 is larger"):
-        Batches(Data(x=x), batch_size=8, seed=0, device=cpu, rank=0, world_size=3)
+        cls(Data(x=x), batch_size=8, seed=0, device=cpu, rank=0, world_size=3)
+
+
+@pytest.mark.parametrize("from_file", [False, True])
+def test_streamed_batches_equal_the_device_resident_ones_whatever_order_they_are_asked_in(tmp_path, from_file):
+    from gancli.data import Data, StreamBatches
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (50, 3, 8, 8), generator=gen, dtype=torch.uint8)
+    file = None
+    if from_file:  # a prepared set's pixel file: the rows of x, no header
+        file = tmp_path / "images.u8"
+        x.numpy().tofile(file)
+    data = Data(x=x, labels=torch.arange(50) % 5, classes=list("abcde"), file=file)
+    cpu = torch.device("cpu")
+    resident = Batches(data, 7, seed=3, device=cpu, labels=True, xflip=True)
+    streamed = StreamBatches(data, 7, seed=3, device=cpu, labels=True, xflip=True)
+    # in order across epochs (7 batches each), then as a rollback and a resume ask: back, and ahead
+    for k in [*range(16), 4, 5, 6, 2, 30, 31, 0]:
+        a, b = resident(k), streamed(k)
+        assert torch.equal(a.x, b.x) and torch.equal(a.c, b.c), f"batch {k} differs"
+    streamed.close()
+    assert not any(t.name == "gancli-data-reader" for t in threading.enumerate())
+
+
+def test_a_prepared_file_cut_short_is_one_line_when_streamed(tmp_path):
+    from gancli.data import Data, StreamBatches
+
+    x = torch.zeros(20, 1, 4, 4, dtype=torch.uint8)
+    file = tmp_path / "images.u8"
+    x[:10].numpy().tofile(file)  # half of what the manifest promises
+    streamed = StreamBatches(Data(x=x, file=file), 20, seed=0, device=torch.device("cpu"))
+    with pytest.raises(GancliError, match=r"images.u8 is shorter than its manifest says.*delete .* and run again"):
+        streamed(0)
+    streamed.close()
+
+
+def test_data_on_device_auto_keeps_what_fits_its_budget_and_streams_the_rest():
+    from gancli.data import Data, on_device
+
+    data = Data(x=torch.zeros(1000, 3, 100, 100, dtype=torch.uint8))  # 0.03 GB
+    assert on_device(DataConfig(), data) == (True, "data.on_device=auto: 0.03 GB within data.on_device_gb=4")
+    assert on_device(DataConfig(on_device_gb=0.01), data) == (
+        False, "data.on_device=auto: 0.03 GB over data.on_device_gb=0.01")
+    assert on_device(DataConfig(on_device="false"), data) == (False, "data.on_device=false")
+    assert on_device(DataConfig(on_device=True), data) == (True, "data.on_device=true")  # as the command line gives it
+    with pytest.raises(GancliError, match=r"data.on_device=maybe is not allowed: auto, true or false"):
+        DataConfig(on_device="maybe")
 
 
 @pytest.mark.parametrize("loader", [False, True])

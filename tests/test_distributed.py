@@ -26,9 +26,10 @@ def timing_rows(run_dir):
 
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory):
-    """Two processes, 6 steps, Hydra's default run folder: the folder they share."""
+    """Two processes, 6 steps, Hydra's default run folder: the folder they share. Their batches
+    stream from host memory (each rank its own slice; see test_data)."""
     root = tmp_path_factory.mktemp("ddp")
-    run_torchrun(2, "train", *TINY, *RECIPE, cwd=root)
+    run_torchrun(2, "train", *TINY, *RECIPE, "data.on_device=false", cwd=root)
     return root
 
 
@@ -44,12 +45,13 @@ def test_two_processes_share_one_run_folder_and_stay_in_sync(ddp_run):
     # rank 0 alone writes: one log line per event, one timing row per interval
     log = (run_dir / "train.log").read_text()
     assert log.count("data parallel over 2 processes (gloo)") == 1
+    assert log.count("streamed from host memory by a background reader") == 1
     assert [row["step"] for row in timing_rows(run_dir)] == [2, 4, 6]
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["last.pt", "step_000003.pt",
                                                                           "step_000006.pt"]
 
 
-def test_resume_at_a_different_world_size(ddp_run, tmp_path):
+def test_resume_at_a_different_world_size_with_the_data_on_the_device(ddp_run, tmp_path):
     (shared,) = [p for p in (ddp_run / "outputs").glob("*/*") if p.is_dir()]
     run_dir = tmp_path / "run"
     shutil.copytree(shared, run_dir)  # a copy: the shared run stays as the other tests read it

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from conftest import TIMEOUT, child_env, run_gancli
-from gancli import decode, prepared
+from gancli import checkpoint, decode, prepared
 from gancli.config import DataConfig, DataName
 from gancli.data import load_data
 from gancli.errors import GancliError
@@ -204,3 +204,32 @@ def test_zip_archives_train_as_they_are_with_or_without_labels(tmp_path):
     (tmp_path / "broken.zip").write_bytes(b"PK\x03\x04 not really a zip")
     with pytest.raises(GancliError, match="broken.zip is not a readable zip archive"):
         load_data(_config(tmp_path / "broken.zip", cache), seed=0)
+
+
+def test_a_streamed_run_resumed_at_step_20_ends_with_the_weights_of_40_straight_steps(tmp_path, caplog):
+    from gancli.train import train
+    from test_config import compose_train
+
+    photos, cache = tmp_path / "photos", tmp_path / "cache"
+    _photos(photos, 40)
+
+    def run(name, steps, *extra):
+        cfg = compose_train("experiment=none", "device=cpu", "data=folder", f"data.path={photos}",
+                            f"data.cache_dir={cache}", "data.image_size=16", "data.channels=3", "data.xflip=true",
+                            "model=dcgan", "model.g_width=8", "model.d_width=8", "train.batch_size=8",
+                            f"train.steps={steps}", "train.log_every=10", "train.sample_every=0",
+                            "train.ckpt_every=0", *extra)
+        train(cfg, tmp_path / name)
+        return checkpoint.load(tmp_path / name / "checkpoints" / "last.pt")
+
+    with caplog.at_level("INFO", logger="gancli.train"):
+        straight = run("straight", 40, "data.on_device=false")
+    assert any("streamed from" in r.getMessage() and "images.u8 by a background reader" in r.getMessage()
+               for r in caplog.records)
+    run("resumed", 20, "data.on_device=false")
+    resumed = run("resumed", 40, "data.on_device=false", "train.resume=auto")
+    resident = run("resident", 40, "data.on_device=true")  # 5 epochs of 5 batches: the same model
+    assert straight["step"] == resumed["step"] == 40
+    for other in (resumed, resident):
+        for net in ("G", "D"):
+            assert all(torch.equal(value, other[net][key]) for key, value in straight[net].items())
