@@ -11,7 +11,7 @@ import contextlib
 import queue
 import threading
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, BinaryIO, Optional
 
 import numpy as np
 
@@ -56,12 +56,10 @@ def check(cfg: DataConfig) -> None:
         raise GancliError(f"data.xflip mirrors images, and data={cfg.name.value} is 2-D points; remove data.xflip")
 
 
-def check_evaluable(cfg: DataConfig, every: int) -> None:
-    """eval.every needs a data set that the metrics can measure."""
-    if every and not DATASETS[cfg.name.value].measured:
-        measured = sorted(name for name, ds in DATASETS.items() if ds.measured)
-        raise GancliError(f"eval.every needs a labelled data set or a 2-D mixture, which the metrics can measure "
-                          f"({', '.join(measured)}), not data={cfg.name.value}; set eval.every=0")
+def unlabelled_images(cfg: DataConfig) -> bool:
+    """Images without classes (a folder of photos): the metrics measure them by Inception FID/KID,
+    which needs its weights; labelled images have a reference classifier, mixtures their centres."""
+    return not DATASETS[cfg.name.value].points and class_names(cfg) is None
 
 
 def load_data(cfg: DataConfig, seed: int) -> Data:
@@ -163,6 +161,25 @@ def on_device(cfg: DataConfig, data: Data) -> tuple[bool, str]:
                   f"data.on_device_gb={cfg.on_device_gb:g}")
 
 
+def read_samples(data: Data, idx: torch.Tensor, out: Optional[torch.Tensor] = None,
+                 file: Optional[BinaryIO] = None) -> torch.Tensor:
+    """Samples `idx` (int64 (B,)) of `data`, into `out` if given: read from a prepared set's file
+    where it has one (`file`, that file opened unbuffered; else it is opened here), so that the
+    kernel's page cache keeps what was read, not this process; else taken from memory."""
+    out = torch.empty((len(idx), *data.shape), dtype=data.x.dtype) if out is None else out
+    if data.file is None:
+        return torch.index_select(data.x, 0, idx, out=out)
+    with open(data.file, "rb", buffering=0) if file is None else contextlib.nullcontext(file) as f:
+        rows = out.view(len(idx), -1).numpy()
+        row_bytes = rows.shape[1]
+        for i in np.argsort(idx.numpy(), kind="stable"):  # in file order, each straight into its place
+            f.seek(int(idx[i]) * row_bytes)
+            if f.readinto(rows[i]) != row_bytes:
+                raise GancliError(f"{data.file} is shorter than its manifest says (changed since it was prepared?); "
+                                  f"delete {data.file.parent} and run again")
+    return out
+
+
 class Batches:
     """Batch k (see Order) from a copy of the whole data set on the device: an index into it,
     no copy from the host. `labels` adds each sample's class; `memory_format` is the layout D
@@ -199,7 +216,7 @@ class StreamBatches:
                  world_size: int = 1, labels: bool = False,
                  memory_format: torch.memory_format = torch.contiguous_format, xflip: bool = False, ahead: int = 2):
         self.order = Order(len(data.x), batch_size, seed, rank, world_size, xflip)
-        self.x, self.file, self.c = data.x, data.file, _labels(data, labels)
+        self.data, self.file, self.c = data, data.file, _labels(data, labels)
         self.device, self.memory_format = device, memory_format
         pin = device.type == "cuda"
         self._buffers = [torch.empty((batch_size, *data.shape), dtype=data.x.dtype, pin_memory=pin)
@@ -270,16 +287,7 @@ class StreamBatches:
 
     def _gather(self, k: int, out: torch.Tensor, reader: Any) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         idx, flip = self.order(k)
-        if reader is None:
-            torch.index_select(self.x, 0, idx, out=out)
-        else:  # one read per sample, in file order, straight into its place in the buffer
-            rows = out.view(len(idx), -1).numpy()
-            row_bytes = rows.shape[1]
-            for i in np.argsort(idx.numpy(), kind="stable"):
-                reader.seek(int(idx[i]) * row_bytes)
-                if reader.readinto(rows[i]) != row_bytes:
-                    raise GancliError(f"{self.file} is shorter than its manifest says (changed since it was "
-                                      f"prepared?); delete {self.file.parent} and run again")
+        read_samples(self.data, idx, out, reader)
         x = _mirrored(out, flip)
         if self.device.type == "cpu":  # the conversion to the model's floats is done here, off the step
             x = _laid_out(to_model(x), self.memory_format)

@@ -63,7 +63,6 @@ class DataSet:
     channels: Optional[int] = None  # fixed by the data set; None: data.channels chooses
     points: bool = False  # 2-D points (data.n of them), not images
     classes: Classes = None  # the name of each class, or a function of the config that finds them; None: none
-    measured: bool = False  # `gancli eval` and eval.every can measure it (labelled images, or mixture centres)
     download: Optional[str] = None  # the torchvision data set that fetches it into data.root
 
 
@@ -347,20 +346,20 @@ _DIGITS = [str(i) for i in range(10)]
 
 DATASETS: dict[str, DataSet] = {
     # scikit-learn's bundled handwritten digits (1,797 8x8 images): needs no download
-    "digits": DataSet(_digits, channels=1, classes=_DIGITS, measured=True),
-    "mnist": DataSet(_mnist, channels=1, classes=_DIGITS, measured=True, download="MNIST"),
-    "fashion_mnist": DataSet(_idx("FashionMNIST", "fashion_mnist", "fashion-mnist"), channels=1, measured=True,
+    "digits": DataSet(_digits, channels=1, classes=_DIGITS),
+    "mnist": DataSet(_mnist, channels=1, classes=_DIGITS, download="MNIST"),
+    "fashion_mnist": DataSet(_idx("FashionMNIST", "fashion_mnist", "fashion-mnist"), channels=1,
                              classes=["T-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt",
                                       "sneaker", "bag", "ankle boot"], download="FashionMNIST"),
-    "cifar10": DataSet(_cifar10, channels=3, measured=True, download="CIFAR10",
+    "cifar10": DataSet(_cifar10, channels=3, download="CIFAR10",
                        classes=["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
                                 "truck"]),
     "folder": DataSet(_folder, classes=folder_classes),  # data.path, one subfolder per class or none
-    "ring": DataSet(_mixture(_RING, radius=True), points=True, classes=[f"mode {i}" for i in range(8)], measured=True),
+    "ring": DataSet(_mixture(_RING, radius=True), points=True, classes=[f"mode {i}" for i in range(8)]),
     "grid": DataSet(_mixture(torch.cartesian_prod(_GRID_AXIS, _GRID_AXIS)), points=True,
-                    classes=[f"mode {i}" for i in range(25)], measured=True),
+                    classes=[f"mode {i}" for i in range(25)]),
     "fake": DataSet(_fake),  # random uint8 images of the configured shape, for benchmarks
     # three independent MNIST digits as RGB channels: 1,000 modes, named by their digits
-    "stacked_mnist": DataSet(_stacked_mnist, channels=3, classes=[f"{i:03d}" for i in range(1000)], measured=True,
+    "stacked_mnist": DataSet(_stacked_mnist, channels=3, classes=[f"{i:03d}" for i in range(1000)],
                              download="MNIST"),
 }

@@ -10,7 +10,7 @@ import torch
 
 from gancli.classifier import FEATURES, VERSION, reference_classifier
 from gancli.config import DataConfig, DataName
-from gancli.data import Data, to_model
+from gancli.data import Data, read_samples, to_model
 from gancli.errors import GancliError
 from gancli.inception import inception_metrics
 from gancli.metrics import (class_metrics, density_coverage, frechet_distance, mixture_metrics, per_class_fd,
@@ -61,8 +61,19 @@ def evaluate(fake: torch.Tensor, data: Data, data_cfg: DataConfig, device: torch
             "extractor_hash": ref.weights_hash[:16],
             "data_hash": ref.data_hash[:16],
         }
-    elif data.labels is None:
-        raise GancliError(f"data={data_cfg.name.value} has no labels: the classifier metrics need a labelled data set")
+    elif data.labels is None:  # a folder of photos, say: Inception FID/KID against its own images
+        n_real = min(n, len(data.x))
+        idx = torch.randperm(len(data.x), generator=torch.Generator().manual_seed(seed))[:n_real].sort().values
+        real = (read_samples(data, chunk) for chunk in idx.split(100))  # read as needed: memory stays bounded
+        key = (str(data.file) if data.file is not None else id(data.x), len(data.x), n_real, seed)
+        metrics = inception_metrics(real, fake, inception_weights, device, required=True, real_key=key)
+        protocol = {
+            "n_generated": n,
+            "n_real": n_real,
+            "real_images": f"{n_real} of the data set's {len(data.x)}, drawn at random (seed {seed})",
+            "feature_extractor": metrics["inception_protocol"]["feature_extractor"],
+            "extractor_hash": metrics["inception_protocol"]["extractor_hash"],
+        }
     else:
         ref = reference_classifier(data, cache_dir, device)
         train_real = data.x[ref.train_idx[:n]]

@@ -20,7 +20,7 @@ from gancli.data import Data, class_names, data_shape, load_data
 from gancli.distributed import Ranks
 from gancli.errors import GancliError
 from gancli.flops import peak_flops, step_flops
-from gancli.inception import find_weights
+from gancli.inception import find_weights, obtain_weights
 from gancli.models import build_models
 from gancli.models.base import check_pack
 from gancli.state import TrainState
@@ -50,8 +50,10 @@ def check(cfg: TrainApp) -> torch.device:
                           "2-D points; use augment=none")
     if cfg.train.resume not in (None, "auto"):
         runfolder.find_checkpoint(cfg.train.resume)
-    data_sets.check_evaluable(cfg.data, cfg.eval.every)
-    find_weights(cfg.eval.inception_weights)
+    if cfg.eval.every and data_sets.unlabelled_images(cfg.data):
+        obtain_weights(cfg.eval.inception_weights)  # their quality number: the weights now, or one line how
+    else:
+        find_weights(cfg.eval.inception_weights)
     tracking.check(cfg.logger)
     return device
 

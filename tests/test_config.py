@@ -266,7 +266,6 @@ HOSTILE_COMBINATIONS = [
     (["model.conditional=true", "data=fake"], "model.conditional=true needs a data set with classes"),
     (["augment=diffaug", "data=ring", "model=mlp"], "augment=diffaug transforms images"),
     (["model.pack=3"], "model.pack=3"),
-    (["eval.every=10", "data=fake"], "eval.every needs a labelled data set"),
     (["data=folder"], "data=folder needs data.path"),
     (["data=cifar10", "data.channels=1"], "data=cifar10 has 3 channel(s)"),
     (["train.batch_size=4096", "data=digits"], None),  # found when the data is loaded: test_batch_larger_than_data
