@@ -22,14 +22,16 @@
 # 9. schedules inside the graphs: experiment=r3gan (lr, beta2, R1/R2 gamma and G_ema's half-life
 #    ramping, read from device tensors; foreach Adam for the tensor beta2), with real images
 #    mirrored at random (data.xflip) before the graphs' static batch, trained fast against
-#    eager, and a time budget (train.minutes) timed by host clock on an asynchronous device.
+#    eager, and a time budget (train.minutes) timed by host clock on an asynchronous device;
+# 10. streaming (data.on_device=false: a background reader, pinned buffers, copies ahead) under
+#    CUDA graphs against the data kept on the GPU: the same run, and DCGAN-64's img/s both ways.
 # Each check runs under its own time limit and the script goes on past a failed one, so one
 # broken piece still leaves the others' figures; the last lines list what failed.
 # One call must fit a device session of 10 minutes with its machine start, so the checks come
 # in parts, each of about 8 minutes of time limits at most (far less in practice): PART=1 (the
 # speed targets: bench_dcgan64 and section 8), PART=2 (the R1 double backward under capture
 # against eager, and bench rows for the recipe presets, the ResNet at 32x32 and the residual
-# family at 64x64), PART=4 (section 9 and the pytest cases marked gpu: the loaded checkpoint and
+# family at 64x64), PART=4 (sections 9 and 10 and the pytest cases marked gpu: the loaded checkpoint and
 # the schedules inside captured graphs among them), PART=3 (everything else); without PART every
 # check runs.
 # Where hydra is missing (see shared/wheels-gpu), put its wheels in .whl/ beside this checkout first
@@ -62,7 +64,7 @@ part_of() {
   case $1 in
     bench_dcgan64|bench_dcgan64_compile_graphs|profile_dcgan64_1024|profile_dcgan64_64) echo 1 ;;
     *_r1|r1_graphs_vs_eager|bench_wgan_gp|bench_rpgan|bench_ema_diffaug|bench_resnet32|bench_residual64) echo 2 ;;
-    *_sched|sched_graphs_vs_eager|train_fast_minutes|pytest_gpu) echo 4 ;;
+    *_sched|sched_graphs_vs_eager|train_fast_minutes|pytest_gpu|*_stream|stream_vs_resident) echo 4 ;;
     *) echo 3 ;;
   esac
 }
@@ -180,6 +182,23 @@ if [ "${QUICK:-0}" = 1 ]; then minutes=0.05; fi
 check train_fast_minutes 90 gancli train data=digits precision=bf16 accel=fast train.minutes=$minutes train.log_every=50 \
   train.sample_every=0 train.ckpt_every=0 schedule.lr_g.shape=cosine schedule.lr_g.end=0 hydra.run.dir="$out/fast_minutes" \
   "${quick[@]:3}"
+
+# 10. streaming: batches gathered by the background reader into pinned buffers and copied ahead
+#     without blocking (data.on_device=false) against the data kept on the GPU, under CUDA graphs:
+#     the same run both ways, then DCGAN-64's img/s both ways at batch 64 and 1024 (summary.json)
+for where in true false; do
+  check "train_ondevice_${where}_stream" 90 gancli train "${common[@]}" "${plain[@]}" accel=fast data.on_device=$where \
+    hydra.run.dir="$out/fast_ondevice_$where" "${quick[@]:3}"
+done
+check stream_vs_resident 30 python3 docs/compare_runs.py "$out/fast_ondevice_true" "$out/fast_ondevice_false"
+for batch in ${sizes//,/ }; do
+  for where in true false; do
+    check "img_s_${where}_${batch}_stream" 90 gancli train "${plain[@]}" model=dcgan data=fake data.image_size=64 \
+      data.channels=3 data.n=16384 train.batch_size=$batch train.steps=$steps train.log_every=50 train.sample_every=0 \
+      train.ckpt_every=0 precision=bf16 accel=fast data.on_device=$where hydra.run.dir="$out/img_s_${where}_$batch" \
+      "${quick[@]:3}"
+  done
+done
 
 if [ "${QUICK:-0}" != 1 ]; then  # without CUDA they skip
   check pytest_gpu 180 python3 -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider

@@ -8,6 +8,7 @@ are float32 (N, 2) points in their own coordinates.
 from __future__ import annotations
 
 import contextlib
+import os
 import queue
 import threading
 from dataclasses import dataclass
@@ -123,20 +124,23 @@ class Order:
         self.global_batch = batch_size * world_size
         self.offset = rank * batch_size  # this rank's slice of each global batch
         self.per_epoch = n // self.global_batch  # the last partial batch of an epoch is dropped
-        self._epoch, self._perm, self._flip = -1, torch.empty(0), None
+        self._epochs: dict[int, tuple[torch.Tensor, Optional[torch.Tensor]]] = {}  # the last two drawn
 
     def __call__(self, k: int) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """int64 (B,) sample indices of batch k on this rank, and bool (B,) which to mirror (or None)."""
         epoch, i = divmod(k, self.per_epoch)
-        if epoch != self._epoch:
+        if epoch not in self._epochs:
             gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._perm = torch.randperm(self.n, generator=gen).to(self.device)
+            perm = torch.randperm(self.n, generator=gen).to(self.device)
             # which places of the epoch's order are mirrored: drawn after the order, which stays as it was
-            self._flip = torch.rand(self.n, generator=gen).lt(0.5).to(self.device) if self.xflip else None
-            self._epoch = epoch
+            flips = torch.rand(self.n, generator=gen).lt(0.5).to(self.device) if self.xflip else None
+            if len(self._epochs) == 2:  # a reader ahead of the step may be an epoch further on
+                del self._epochs[min(self._epochs)]
+            self._epochs[epoch] = (perm, flips)
+        perm, flips = self._epochs[epoch]
         start = i * self.global_batch + self.offset
-        flip = None if self._flip is None else self._flip[start : start + self.batch_size]
-        return self._perm[start : start + self.batch_size], flip
+        flip = None if flips is None else flips[start : start + self.batch_size]
+        return perm[start : start + self.batch_size], flip
 
 
 def _mirrored(x: torch.Tensor, flip: Optional[torch.Tensor]) -> torch.Tensor:
@@ -171,9 +175,9 @@ def read_samples(data: Data, idx: torch.Tensor, out: Optional[torch.Tensor] = No
         return torch.index_select(data.x, 0, idx, out=out)
     with open(data.file, "rb", buffering=0) if file is None else contextlib.nullcontext(file) as f:
         rows = out.view(len(idx), -1).numpy()
-        row_bytes = rows.shape[1]
-        for i in np.argsort(idx.numpy(), kind="stable"):  # in file order, each straight into its place
-            f.seek(int(idx[i]) * row_bytes)
+        row_bytes, where = rows.shape[1], idx.tolist()
+        for i in np.argsort(where, kind="stable").tolist():  # in file order, each straight into its place
+            f.seek(where[i] * row_bytes)
             if f.readinto(rows[i]) != row_bytes:
                 raise GancliError(f"{data.file} is shorter than its manifest says (changed since it was prepared?); "
                                   f"delete {data.file.parent} and run again")
@@ -205,22 +209,29 @@ class Batches:
 
 
 class StreamBatches:
-    """The batches of Batches, equal to them, for data that stays off the device: a background
-    thread gathers each batch from host memory, or from a prepared set's file by plain reads
-    (the kernel's page cache keeps what was read, not this process: host memory stays bounded
-    whatever the number of images), into one of `ahead` + 1 buffers (pinned for CUDA), and the
-    step copies it to the device without blocking. The reader runs `ahead` batches ahead of the
-    step; a step that asks for another batch (a resume, a rollback) restarts it there."""
+    """The batches of Batches, equal to them, for data that stays off the device: gathered from
+    host memory, or from a prepared set's file by plain reads (the kernel's page cache keeps what
+    was read, not this process: host memory stays bounded whatever the number of images).
+
+    For a GPU, a background thread reads `ahead` batches ahead of the step into `ahead` + 1
+    buffers, pinned for CUDA, and the step copies each to the device without blocking. On the
+    CPU the step's own thread reads each batch as it needs it, while the kernel reads the
+    file `ahead` batches ahead (posix_fadvise): the step's threads already use every core, and
+    a reader thread waking among them slowed DCGAN's steps by a third (docs/data.md). Batch k
+    depends on k alone (Order), so a step that asks for another batch than the next (a resume,
+    a rollback) restarts the reader there."""
 
     def __init__(self, data: Data, batch_size: int, seed: int, device: torch.device, rank: int = 0,
                  world_size: int = 1, labels: bool = False,
-                 memory_format: torch.memory_format = torch.contiguous_format, xflip: bool = False, ahead: int = 2):
+                 memory_format: torch.memory_format = torch.contiguous_format, xflip: bool = False, ahead: int = 2,
+                 threaded: Optional[bool] = None):
         self.order = Order(len(data.x), batch_size, seed, rank, world_size, xflip)
         self.data, self.file, self.c = data, data.file, _labels(data, labels)
-        self.device, self.memory_format = device, memory_format
+        self.device, self.memory_format, self.ahead = device, memory_format, ahead
+        self.threaded = device.type != "cpu" if threaded is None else threaded  # None: a thread off the CPU
         pin = device.type == "cuda"
         self._buffers = [torch.empty((batch_size, *data.shape), dtype=data.x.dtype, pin_memory=pin)
-                         for _ in range(ahead + 1)]
+                         for _ in range(ahead + 1 if self.threaded else 1)]
         self._copied: list[Optional[torch.cuda.Event]] = [None] * len(self._buffers)  # a slot's last copy out
         self._free: queue.Queue = queue.Queue()
         self._ready: queue.Queue = queue.Queue()
@@ -229,9 +240,15 @@ class StreamBatches:
         self._want = (0, 0)  # (restart count, first batch): where the reader reads from
         self._next = 0  # the batch the step is expected to ask for next
         self._thread: Optional[threading.Thread] = None
-        self.where = f"streamed from {self.file or 'host memory'} by a background reader, {ahead} batches ahead"
+        self._file: Optional[BinaryIO] = None  # the step's own handle (on the CPU)
+        self._advised = 0  # on the CPU: batches below this one have been read ahead by the kernel
+        source = self.file or "host memory"
+        self.where = (f"streamed from {source} by a background reader, {ahead} batches ahead" if self.threaded else
+                      f"streamed from {source}, each batch read by the step as the kernel reads {ahead} ahead")
 
     def __call__(self, k: int) -> Batch:
+        if not self.threaded:
+            return self._read_now(k)
         if self._thread is None:
             self._want, self._next = (0, k), k
             self._thread = threading.Thread(target=self._read, name="gancli-data-reader", daemon=True)
@@ -246,19 +263,42 @@ class StreamBatches:
                 break
             self._free.put(slot)  # read before the restart: not wanted
         self._next = k + 1
-        x, c = item
-        if self.device.type == "cpu":  # the reader made it the model's already, out of the buffer
-            self._free.put(slot)
-            return Batch(x, c)
+        idx, flip = item
+        c = None if self.c is None else self.c[idx]
         cuda = self.device.type == "cuda"  # from pinned memory, the copy need not block
-        x = x.to(self.device, non_blocking=cuda)
+        buffer = self._buffers[slot]
+        x = buffer.to(self.device, non_blocking=cuda)
+        x = x.clone() if x is buffer else x  # on the CPU (tests): the reader fills the buffer again
         c = None if c is None else c.to(self.device, non_blocking=cuda)
+        flip = None if flip is None else flip.to(self.device, non_blocking=cuda)
         event = torch.cuda.Event() if cuda else None
         if event is not None:
             event.record()
         self._copied[slot] = event
         self._free.put(slot)
-        return Batch(_laid_out(to_model(x), self.memory_format), c)
+        return Batch(_laid_out(_mirrored(to_model(x), flip), self.memory_format), c)
+
+    def _read_now(self, k: int) -> Batch:
+        """Batch k read in this thread; the kernel is asked to read the next ones' rows meanwhile."""
+        if self.file is not None and self._file is None:
+            try:
+                self._file = open(self.file, "rb", buffering=0)
+            except OSError as exc:
+                raise GancliError(f"cannot read {self.file}: {exc.strerror}") from None
+        if self._file is not None and hasattr(os, "posix_fadvise"):
+            row_bytes = self._buffers[0][0].numel() * self._buffers[0].element_size()
+            for j in range(max(self._advised, k + 1), k + self.ahead + 1):
+                for i in self.order(j)[0].tolist():
+                    os.posix_fadvise(self._file.fileno(), i * row_bytes, row_bytes, os.POSIX_FADV_WILLNEED)
+            self._advised = k + self.ahead + 1
+        idx, flip = self.order(k)
+        try:
+            buffer = read_samples(self.data, idx, self._buffers[0], self._file)
+        except OSError as exc:
+            raise GancliError(f"cannot read {self.file}: {exc}") from None
+        x = to_model(buffer)
+        x = x.clone() if x is buffer else x  # points are floats already, and the buffer is read into again
+        return Batch(_laid_out(_mirrored(x, flip), self.memory_format), None if self.c is None else self.c[idx])
 
     def _read(self) -> None:
         """The reader thread: fill a free buffer with the next batch, hand it over, repeat."""
@@ -286,23 +326,22 @@ class StreamBatches:
                 k += 1
 
     def _gather(self, k: int, out: torch.Tensor, reader: Any) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Batch k's samples into `out`, as they are; the step mirrors and converts them. Reads
+        and nothing else: the thread then holds Python's lock only between system calls, and
+        no torch op of its own competes with the step's threads."""
         idx, flip = self.order(k)
         read_samples(self.data, idx, out, reader)
-        x = _mirrored(out, flip)
-        if self.device.type == "cpu":  # the conversion to the model's floats is done here, off the step
-            x = _laid_out(to_model(x), self.memory_format)
-            if x.data_ptr() == out.data_ptr():  # points: floats already, and the buffer is reused
-                x = x.clone()
-        elif flip is not None:
-            x = out.copy_(x)
-        return x, None if self.c is None else self.c[idx]
+        return idx, flip
 
     def close(self) -> None:
-        """Stop the reader thread (it holds no file open afterwards)."""
+        """Stop the reader thread and close the file."""
         if self._thread is not None:
             self._free.put(None)
             self._thread.join()
             self._thread = None
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
 
 class LoaderBatches:

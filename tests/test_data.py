@@ -229,8 +229,9 @@ def test_ranks_take_disjoint_slices_of_the_single_process_global_batch(streamed)
     x = torch.arange(20, dtype=torch.float32)[:, None].repeat(1, 2)
     cpu = torch.device("cpu")
     cls = StreamBatches if streamed else Batches
+    threads = {"threaded": True} if streamed else {}  # points from memory, through the reader thread
     whole = Batches(Data(x=x), batch_size=6, seed=3, device=cpu)  # one process, the global batch
-    ranks = [cls(Data(x=x), batch_size=2, seed=3, device=cpu, rank=r, world_size=3) for r in range(3)]
+    ranks = [cls(Data(x=x), batch_size=2, seed=3, device=cpu, rank=r, world_size=3, **threads) for r in range(3)]
     for k in range(5):  # across an epoch boundary (3 global batches per epoch)
         slices = [b(k).x[:, 0] for b in ranks]
         assert torch.equal(torch.cat(slices), whole(k).x[:, 0])
@@ -241,8 +242,10 @@ def test_ranks_take_disjoint_slices_of_the_single_process_global_batch(streamed)
         cls(Data(x=x), batch_size=8, seed=0, device=cpu, rank=0, world_size=3)
 
 
-@pytest.mark.parametrize("from_file", [False, True])
-def test_streamed_batches_equal_the_device_resident_ones_whatever_order_they_are_asked_in(tmp_path, from_file):
+@pytest.mark.parametrize("threaded", [False, True], ids=["read-by-the-step", "reader-thread"])
+@pytest.mark.parametrize("from_file", [False, True], ids=["memory", "file"])
+def test_streamed_batches_equal_the_device_resident_ones_whatever_order_they_are_asked_in(tmp_path, from_file,
+                                                                                           threaded):
     from gancli.data import Data, StreamBatches
 
     gen = torch.Generator().manual_seed(0)
@@ -254,7 +257,9 @@ def test_streamed_batches_equal_the_device_resident_ones_whatever_order_they_are
     data = Data(x=x, labels=torch.arange(50) % 5, classes=list("abcde"), file=file)
     cpu = torch.device("cpu")
     resident = Batches(data, 7, seed=3, device=cpu, labels=True, xflip=True)
-    streamed = StreamBatches(data, 7, seed=3, device=cpu, labels=True, xflip=True)
+    # the reader thread is what a GPU gets; the CPU reads in the step's thread
+    streamed = StreamBatches(data, 7, seed=3, device=cpu, labels=True, xflip=True, threaded=threaded)
+    assert streamed.threaded is threaded
     # in order across epochs (7 batches each), then as a rollback and a resume ask: back, and ahead
     for k in [*range(16), 4, 5, 6, 2, 30, 31, 0]:
         a, b = resident(k), streamed(k)
@@ -269,10 +274,11 @@ def test_a_prepared_file_cut_short_is_one_line_when_streamed(tmp_path):
     x = torch.zeros(20, 1, 4, 4, dtype=torch.uint8)
     file = tmp_path / "images.u8"
     x[:10].numpy().tofile(file)  # half of what the manifest promises
-    streamed = StreamBatches(Data(x=x, file=file), 20, seed=0, device=torch.device("cpu"))
-    with pytest.raises(GancliError, match=r"images.u8 is shorter than its manifest says.*delete .* and run again"):
-        streamed(0)
-    streamed.close()
+    for threaded in (False, True):
+        streamed = StreamBatches(Data(x=x, file=file), 20, seed=0, device=torch.device("cpu"), threaded=threaded)
+        with pytest.raises(GancliError, match=r"images.u8 is shorter than its manifest says.*delete .* and run again"):
+            streamed(0)
+        streamed.close()
 
 
 def test_data_on_device_auto_keeps_what_fits_its_budget_and_streams_the_rest():

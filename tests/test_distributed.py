@@ -45,7 +45,7 @@ def test_two_processes_share_one_run_folder_and_stay_in_sync(ddp_run):
     # rank 0 alone writes: one log line per event, one timing row per interval
     log = (run_dir / "train.log").read_text()
     assert log.count("data parallel over 2 processes (gloo)") == 1
-    assert log.count("streamed from host memory by a background reader") == 1
+    assert log.count("data: 1797 images in 10 classes; streamed from host memory") == 1
     assert [row["step"] for row in timing_rows(run_dir)] == [2, 4, 6]
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["last.pt", "step_000003.pt",
                                                                           "step_000006.pt"]

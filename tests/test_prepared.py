@@ -224,7 +224,7 @@ def test_a_streamed_run_resumed_at_step_20_ends_with_the_weights_of_40_straight_
 
     with caplog.at_level("INFO", logger="gancli.train"):
         straight = run("straight", 40, "data.on_device=false")
-    assert any("streamed from" in r.getMessage() and "images.u8 by a background reader" in r.getMessage()
+    assert any("streamed from" in r.getMessage() and "images.u8, each batch read by the step" in r.getMessage()
                for r in caplog.records)
     run("resumed", 20, "data.on_device=false")
     resumed = run("resumed", 40, "data.on_device=false", "train.resume=auto")
