@@ -2,7 +2,8 @@
 that stream their batches from the prepared file (10,000 and 70,000 images) against the same
 model's own, and training img/s streaming against the data kept on the device.
 
-    python docs/stream_bench.py --out /tmp/db70            # writes the folder once (about 4 GB), then times
+    python docs/stream_bench.py --out /tmp/db70 --rounds 3  # writes the folder once (about 4 GB), then times
+    python docs/stream_bench.py --out /tmp/db70 --interleaved  # img/s of both paths inside one run
 
 The folder is docs/data_bench.py's: photo-like JPEGs of 512x512, random crops of the two
 photographs that ship with scikit-learn. Each run is a `gancli train` process; its peak resident
@@ -60,6 +61,45 @@ def train(name: str, data: list[str], model: list[str], steps: int, out: Path, b
             "data_line": line.split("data: ", 1)[1]}
 
 
+def interleaved(folder: Path, size: int, cache: Path, model: list[str], segments: int, steps: int) -> dict:
+    """img/s of one run, in this process, whose batches come in turn from the data kept on the
+    device and from the file streamed (`steps` steps each, alternating which goes first): the
+    same model, weights and machine state for both, so the ratio is the data path's alone."""
+    import statistics
+
+    import torch
+    from hydra import compose, initialize_config_module
+
+    from gancli.config import to_typed
+    from gancli.data import Batches, StreamBatches, load_data
+    from gancli.run import setup
+
+    with initialize_config_module("gancli.configs", version_base="1.3"):
+        cfg = to_typed(compose("train", overrides=[
+            "experiment=none", "data=folder", f"data.path={folder}", f"data.image_size={size}", "data.channels=3",
+            f"data.cache_dir={cache}", *model, "train.batch_size=32"]))
+    data = load_data(cfg.data, 0)
+    run = setup(cfg, data=data)
+    layout = torch.channels_last if run.plan.channels_last else torch.contiguous_format
+    paths = {"resident": Batches(data, 32, 0, run.device, memory_format=layout),
+             "stream": StreamBatches(data, 32, 0, run.device, memory_format=layout)}
+    for _ in range(3):
+        run.execute()
+    img_s: dict[str, list[float]] = {name: [] for name in paths}
+    for segment in range(segments):
+        for name in (["resident", "stream"] if segment % 2 == 0 else ["stream", "resident"]):
+            run.execute.batches = paths[name]
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                run.execute()
+            img_s[name].append(steps * 32 / (time.perf_counter() - t0))
+    ratios = [s / r for s, r in zip(img_s["stream"], img_s["resident"])]
+    return {"what": f"interleaved at {size} px, {segments} x {steps} steps each", "model": " ".join(model),
+            **{f"{name}_img_per_s": round(statistics.median(v), 1) for name, v in img_s.items()},
+            "ratio_median": round(statistics.median(ratios), 3),
+            "ratio_quartiles": [round(q, 3) for q in statistics.quantiles(ratios, n=4)]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, default=Path("stream_bench"))
@@ -67,8 +107,17 @@ def main() -> None:
     parser.add_argument("--small", type=int, default=10000)
     parser.add_argument("--steps-256", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=2, help="alternated rounds of the img/s comparison at 64 px")
+    parser.add_argument("--interleaved", action="store_true",
+                        help="only the comparison inside one run, on the sets already prepared")
     args = parser.parse_args()
     out = args.out
+    if args.interleaved:
+        rows = [interleaved(out / "photos", 64, out / "cache64", DCGAN_64, 30, 50),
+                interleaved(out / f"photos{args.small}", 256, out / "cache256s", RESIDUAL_256, 8, 5)]
+        for row in rows:
+            print(json.dumps(row), flush=True)
+        (out / "stream_bench_interleaved.json").write_text(json.dumps(rows, indent=1) + "\n")
+        return
     folder, small = out / "photos", out / f"photos{args.small}"
     make_photos(folder, args.n)
     if not small.is_dir():  # the first files, hard-linked: the same bytes, no more disk

@@ -296,22 +296,38 @@ def archive_listing(path: Path) -> tuple[list[zipfile.ZipInfo], Optional[dict[st
 
 
 def _is_image_name(name: str) -> bool:
-    return Path(name).suffix.lower() in IMAGE_SUFFIXES
+    dot = name.rfind(".")
+    return dot > name.rfind("/") and name[dot:].lower() in IMAGE_SUFFIXES
 
 
-def files_below(folder: Path) -> list[Path]:
-    """Every visible file below `folder`, sorted, through symlinked folders (a class subfolder
-    that links elsewhere), each real folder once (a link back up is not followed again)."""
-    seen, files = set(), []
-    for root, dirs, names in os.walk(folder, followlinks=True):
-        st = os.stat(root)
+def files_below(folder: Path) -> list[tuple[str, int, int]]:
+    """(path relative to `folder` with / between folders, size in bytes, modification time in ns)
+    of every visible file below `folder`, sorted as paths, through symlinked folders (a class
+    subfolder that links elsewhere), each real folder once (a link back up is not followed again).
+    Plain strings and one scandir per folder: 70,000 files are listed in a fraction of a second."""
+    seen, found = set(), []
+    stack = [("", str(folder))]
+    while stack:
+        relative, path = stack.pop()
+        st = os.stat(path)
         if (st.st_dev, st.st_ino) in seen:
-            dirs.clear()
             continue
         seen.add((st.st_dev, st.st_ino))
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        files += [Path(root) / name for name in names if not name.startswith(".")]
-    return sorted(p for p in files if p.is_file())
+        with os.scandir(path) as entries:
+            for entry in entries:
+                if entry.name.startswith("."):  # .DS_Store, .git: not the user's data
+                    continue
+                name = relative + entry.name
+                try:
+                    if entry.is_dir():  # through a symlink too
+                        stack.append((name + "/", entry.path))
+                    elif entry.is_file():  # a broken link is neither
+                        info = entry.stat()
+                        found.append((name, info.st_size, info.st_mtime_ns))
+                except OSError:  # gone since it was listed, or a link we may not follow
+                    continue
+    found.sort(key=lambda file: file[0].split("/"))  # as paths sort: folder by folder
+    return found
 
 
 def folder_classes(cfg: Any) -> Optional[list[str]]:
@@ -321,16 +337,16 @@ def folder_classes(cfg: Any) -> Optional[list[str]]:
     if is_archive(folder):  # its classes are dataset.json's labels
         _, label_of = archive_listing(folder)
         return None if label_of is None else [str(c) for c in sorted(set(label_of.values()))]
-    return classes_of([str(p.relative_to(folder)) for p in files_below(folder)])
+    return classes_of([name for name, _, _ in files_below(folder)])
 
 
 def classes_of(names: list[str]) -> Optional[list[str]]:
-    """The class subfolders of a folder's files (paths relative to it): the first folder of every
-    image's path, or None where an image lies at the top."""
-    parts = [Path(name).parts for name in names if _is_image_name(name)]
-    if not parts or any(len(p) == 1 for p in parts):
+    """The class subfolders of a folder's files (paths relative to it, / between folders): the
+    first folder of every image's path, or None where an image lies at the top."""
+    tops = [name.split("/", 1) for name in names if _is_image_name(name)]
+    if not tops or any(len(parts) == 1 for parts in tops):
         return None
-    return sorted({p[0] for p in parts})
+    return sorted({parts[0] for parts in tops})
 
 
 def _folder(cfg: Any, seed: int) -> Data:

@@ -62,10 +62,11 @@ def load_folder(cfg: Any) -> Data:
         classes = None if label_of is None else [str(c) for c in sorted(set(label_of.values()))]
         labels = None if label_of is None else {name: classes.index(str(c)) for name, c in label_of.items()}
     else:  # a folder: each file's size and modification time
-        listing = [[str(p.relative_to(folder)), st.st_size, st.st_mtime_ns] for p in files_below(folder)
-                   for st in [p.stat()]]
+        listing = [list(file) for file in files_below(folder)]
         classes = classes_of([name for name, _, _ in listing])
-        labels = None if classes is None else {name: classes.index(Path(name).parts[0]) for name, _, _ in listing}
+        index = {name: i for i, name in enumerate(classes or [])}
+        labels = None if classes is None else {name: index[name.split("/", 1)[0]] for name, _, _ in listing
+                                               if name.split("/", 1)[0] in index}
     source = {
         "version": VERSION,
         "source": str(folder),
