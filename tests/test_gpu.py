@@ -86,3 +86,20 @@ def test_schedules_move_inside_the_graphs_without_a_recapture():
     assert all(torch.equal(a, b) for a, b in zip(before, run.state.G.parameters()))
     assert not all(torch.equal(a, b) for a, b in zip(d_before, run.state.D.parameters()))
     assert run.execute.captures() == captures
+
+
+def test_streamed_batches_reach_the_gpu_equal_to_the_device_resident_ones(tmp_path):
+    from gancli.data import Batches, Data, StreamBatches
+
+    x = torch.randint(0, 256, (200, 3, 16, 16), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    file = tmp_path / "images.u8"
+    x.numpy().tofile(file)  # a prepared set's pixel file
+    data = Data(x=x, labels=torch.arange(200) % 7, classes=list("abcdefg"), file=file)
+    cuda = torch.device("cuda")
+    resident = Batches(data, 32, seed=1, device=cuda, labels=True, xflip=True)
+    streamed = StreamBatches(data, 32, seed=1, device=cuda, labels=True, xflip=True)
+    assert streamed.threaded and all(b.is_pinned() for b in streamed._buffers)  # pinned: copies need not block
+    for k in [*range(20), 3, 4, 40]:  # on, back (a rollback) and ahead (a resume)
+        a, b = resident(k), streamed(k)
+        assert b.x.device.type == "cuda" and torch.equal(a.x, b.x) and torch.equal(a.c, b.c), k
+    streamed.close()
