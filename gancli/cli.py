@@ -69,11 +69,11 @@ def main(argv: Optional[list[str]] = None) -> None:
         return
     if command == "bench":  # its matrix keys take comma lists without -m
         rest = module.split_axes(rest)
-    if command == "sample":  # class=3, classes=0,1,2
-        rest = module.class_args(rest)
     torchrun = command == "train" and "RANK" in os.environ  # one of the processes torchrun started
     claimed = None  # the run folder this process holds for its job
     try:
+        if command == "sample":  # class=3, classes=0,1,2
+            rest = module.class_args(rest)
         rest = [quote_path(part) for arg in rest for part in _device_index(arg)]
         _check_modes(rest)
         if not any(arg.split("=")[0] in _NO_PREFLIGHT for arg in rest):

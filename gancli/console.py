@@ -57,3 +57,7 @@ class progress_bar:
     def __exit__(self, *exc: Any) -> None:
         self.progress.__exit__(*exc)
 
+
+def count(n: int, noun: str) -> str:
+    """`n` and its noun, singular for one: "1 step", "2 steps"."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"

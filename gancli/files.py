@@ -16,11 +16,24 @@ from gancli.errors import GancliError
 TMP_SUFFIX = ".tmp"  # `.<name>.tmp` beside the file it will replace
 
 
-def write_error(path: Path, exc: OSError) -> GancliError:
+def write_error(path: Path, exc: BaseException) -> GancliError:
     """The one line for a file that could not be written."""
-    reason = exc.strerror or type(exc).__name__
-    return GancliError(f"cannot write {path} ({reason}); free space there or make the folder writable, "
+    return GancliError(f"cannot write {path} ({_cause(path, exc)}); free space there or make the folder writable, "
                        "then run again (files already written are intact)")
+
+
+def _cause(path: Path, exc: BaseException) -> str:
+    """Why a write failed, in the operating system's words where it gave any: torch.save reports
+    a full disk as a RuntimeError ("unexpected pos ..."), with the OSError as its context."""
+    seen: Optional[BaseException] = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.strerror:
+            return seen.strerror
+        seen = seen.__cause__ or seen.__context__
+    with contextlib.suppress(OSError):
+        if shutil.disk_usage(path.parent).free < 2**20:
+            return "No space left on device"
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 @contextlib.contextmanager
@@ -31,7 +44,7 @@ def atomic(path: Path) -> Iterator[Path]:
         path.parent.mkdir(parents=True, exist_ok=True)
         yield tmp
         os.replace(tmp, path)
-    except OSError as exc:
+    except (OSError, RuntimeError) as exc:  # RuntimeError: torch.save's word for a write that failed
         raise write_error(path, exc) from None
     finally:
         with contextlib.suppress(OSError):

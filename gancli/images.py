@@ -12,7 +12,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from gancli.files import atomic, write_error
+from gancli.files import atomic
 
 PADDING = 2  # pixels of black between the images of a grid, and around them
 
@@ -52,12 +52,8 @@ def save_grid(images: torch.Tensor, path: Path, nrow: Optional[int] = None) -> N
 def save_singles(images: torch.Tensor, folder: Path, start: int = 0) -> None:
     """float (N, C, H, W) in [-1, 1] -> 000000.png, 000001.png, ... from `start`."""
     for i, pixels in enumerate(to_uint8(images)):
-        path = folder / f"{start + i:06d}.png"
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            _write_png(pixels, path)
-        except OSError as exc:
-            raise write_error(path, exc) from None
+        with atomic(folder / f"{start + i:06d}.png") as tmp:  # whole or not at all, like every file
+            _write_png(pixels, tmp)
 
 
 def save_scatter(points: torch.Tensor, path: Path, real: Optional[torch.Tensor] = None, title: str = "") -> None:

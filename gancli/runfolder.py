@@ -7,7 +7,8 @@ One writer at a time, a finished run never overwritten, and nothing left behind 
 that was killed: a job claims its folder before it writes anything there (`gancli train`
 claims it before Hydra makes `.hydra/`, so a refused job changes nothing in the folder). The
 claim is an exclusive `flock` on `.gancli.lock`, which the kernel releases when the process
-ends, however it ends: a killed run never leaves its folder locked.
+ends, however it ends: a killed run never leaves its folder locked (the file may stay, unlocked;
+a process that ends normally removes it).
 """
 
 from __future__ import annotations
@@ -90,8 +91,21 @@ def held(run_dir: Path) -> Optional["RunFolder"]:
 
 
 def _lock(run_dir: Path) -> int:
-    """Hold `run_dir`'s lock: the open descriptor, flock-ed, with this process's pid in the file."""
+    """Hold `run_dir`'s lock: the open descriptor, flock-ed, with this process's pid in the file.
+    The holder removes the file when it lets go (see release): a lock taken on a file that was
+    removed meanwhile is no lock, so it is taken again on the file the path now names."""
     path = run_dir / LOCK_NAME
+    while True:
+        fd = _lock_once(run_dir, path)
+        try:
+            if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+
+
+def _lock_once(run_dir: Path, path: Path) -> int:
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:
@@ -116,6 +130,8 @@ def release(run_dir: Path) -> None:
     """Drop this process's claim of `run_dir`, if it holds one."""
     folder = _held.pop(run_dir.resolve(), None)
     if folder is not None:
+        with contextlib.suppress(OSError):  # removed while held: no one else can have it meanwhile
+            (run_dir / LOCK_NAME).unlink()
         os.close(folder.fd)  # closing the descriptor releases the flock
 
 
@@ -135,7 +151,9 @@ def claim(run_dir: Path, resume: Optional[str]) -> "RunFolder":
     fd = _lock(run_dir)
     try:
         _check_contents(run_dir, resume)
-    except BaseException:
+    except BaseException:  # refused: the folder is left as it was, without a lock file
+        with contextlib.suppress(OSError):
+            (run_dir / LOCK_NAME).unlink()
         os.close(fd)
         raise
     for folder in (run_dir, run_dir / CHECKPOINT_DIR, run_dir / SAMPLES_DIR):

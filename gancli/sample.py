@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 
 from gancli import runtime
 from gancli.config import SampleApp, to_typed
+from gancli.console import count
 from gancli.errors import GancliError, user_errors
 from gancli.files import check_out_folder, write_text
 from gancli.generator import even_labels, generate_batches, load_generator
@@ -43,10 +44,15 @@ def check(cfg: SampleApp) -> None:
 def class_args(args: list[str]) -> list[str]:
     """`class=3` and `classes=0,1,2` as Hydra reads them, `classes=[3]` and `classes=[0,1,2]`: a
     comma list on Hydra's command line would otherwise be a sweep."""
-    out = []
+    out, given = [], []
     for arg in args:
+        key = re.match(r"(class|classes)=", arg)
+        if key:
+            given.append(arg)
         match = re.fullmatch(r"(class|classes)=([^\[].*)", arg)
         out.append(f"classes=[{match.group(2)}]" if match else arg)
+    if len(given) > 1:
+        raise GancliError(f"{' and '.join(given)} each name the classes to sample; give one of them")
     return out
 
 
@@ -98,7 +104,7 @@ def sample(cfg: SampleApp) -> Path:
     if is_image:
         save_grid(shown, out / "grid.png", nrow=nrow)
     else:
-        save_scatter(shown, out / "grid.png", title=f"{cfg.n} samples")
+        save_scatter(shown, out / "grid.png", title=count(cfg.n, "sample"))
         write_text(out / "points.csv", "x,y\n" + "".join(f"{a:.6f},{b:.6f}\n" for a, b in shown.tolist()))
 
     if cfg.interpolate:
@@ -117,7 +123,8 @@ def sample(cfg: SampleApp) -> Path:
     if chosen is not None:
         write_text(out / "classes.csv", "index,class\n" + "".join(
             f"{i:06d},{names[k] if k < len(names) else k}\n" for i, k in enumerate(labels.tolist())))
-    log.info("wrote %d samples of %s from %s (step %d) to %s", cfg.n, state["generator"], path, state["step"], out)
+    log.info("wrote %s of %s from %s (step %d) to %s", count(cfg.n, "sample"), state["generator"], path, state["step"],
+             out)
     return out
 
 

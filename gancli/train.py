@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 import gancli
 from gancli import checkpoint, runtime, timing
 from gancli.config import LossName, NanPolicy, TrainApp, to_plain, to_typed
-from gancli.console import progress_bar
+from gancli.console import count, progress_bar
 from gancli.distributed import Ranks
 from gancli.errors import Diverged, GancliError, user_errors
 from gancli.generator import generate
@@ -29,7 +29,7 @@ from gancli.models import class_rows, latents
 from gancli.models.base import SpectralNorm
 from gancli.quality import evaluate
 from gancli.run import Run, check, claim_run_dir, load_into, resume, resume_path, setup  # noqa: F401 (check: the command line's preflight)
-from gancli.runfolder import RunFolder, Writer
+from gancli.runfolder import RunFolder, Writer, read_summary
 from gancli.tracking import make_tracker
 
 log = logging.getLogger(__name__)
@@ -97,6 +97,13 @@ def _train(cfg: TrainApp, run_dir: Path, folder: Optional[RunFolder]) -> dict[st
     resumed_from = resume_path(loop.resume, run_dir)
     if resumed_from is not None:
         resume(run, resumed_from)
+        finished = read_summary(run_dir)  # a run that finished stays as it finished
+        if not ranks.data_parallel and not loop.minutes and state.step >= loop.steps and \
+                finished.get("status") == "completed" and finished.get("steps") == state.step:
+            log.info("the checkpoint is already at step %d of %d: nothing to train (train.steps=<more> trains on); "
+                     "%s is left as it was", state.step, loop.steps, run_dir)
+            execute.close()
+            return finished
     if ranks.rank:  # each rank draws its own noise; rank 0 keeps the single-process stream
         torch.manual_seed((cfg.seed * 1_000_003 + state.step) * 1_000_003 + ranks.rank)
     out = Writer(run_dir, state.step, ranks.is_main, make_tracker(cfg.logger, run_dir if ranks.is_main else None),
@@ -165,8 +172,6 @@ def _train(cfg: TrainApp, run_dir: Path, folder: Optional[RunFolder]) -> dict[st
                     out.evaluation(metrics)
 
         # The end: one set of batch-norm statistics, the last checkpoint and grid, the summary.
-        if state.step == start and resumed_from is not None and status == "completed":
-            log.info("the checkpoint is already at step %d of %d: nothing to train", state.step, loop.steps)
         ranks.average_buffers(*state.modules())
         checksums = ranks.checksums(*state.modules()) if ranks.data_parallel else None  # equal when ranks agree
         if not state.weights_finite():  # stopped between checks (Ctrl-C, say): keep the last good checkpoint
@@ -181,8 +186,8 @@ def _train(cfg: TrainApp, run_dir: Path, folder: Optional[RunFolder]) -> dict[st
         log.warning("interrupted at step %d; checkpoint saved. Continue with: gancli train <same overrides> "
                     "train.resume=auto hydra.run.dir=%s", state.step, run_dir)
     else:
-        log.info("done: %d steps in %.1f s (%s img/s); %s", state.step, summary["wall_s"], summary["img_per_s"],
-                 run_dir)
+        speed = f" ({summary['img_per_s']} img/s)" if summary["img_per_s"] is not None else ""
+        log.info("done: %s in %.1f s%s; %s", count(state.step, "step"), summary["wall_s"], speed, run_dir)
     return summary
 
 
@@ -220,7 +225,12 @@ class _Grid:
 def _log_start(run: Run, run_dir: Path) -> None:
     """What is trained where, how, and why the plan left out what it did."""
     cfg, plan, ranks = run.cfg, run.plan, run.ranks
-    length = f"{cfg.train.minutes:g} minutes of training" if cfg.train.minutes else f"{cfg.train.steps} steps"
+    if cfg.train.minutes:
+        length = f"{cfg.train.minutes:g} minutes of training"
+    elif run.state.step:  # resumed: what this process will train
+        length = f"{count(max(cfg.train.steps - run.state.step, 0), 'more step')} to step {cfg.train.steps}"
+    else:
+        length = count(cfg.train.steps, "step")
     log.info(
         "training %s on %s (%s) for %s, batch %d, %s, %s, accel=%s; run folder %s",
         cfg.model.name, cfg.data.name.value, "x".join(map(str, run.data.shape)), length,
@@ -234,8 +244,8 @@ def _log_start(run: Run, run_dir: Path) -> None:
     for note in plan.notes:
         log.info(note)
     classes = f" in {len(run.data.classes)} classes" if run.data.classes else ""
-    skipped = f", {run.data.skipped} files skipped" if run.data.skipped else ""
-    log.info("data: %d %s%s%s; %s", len(run.data.x), "images" if run.data.is_image else "points", classes, skipped,
+    skipped = f", {count(run.data.skipped, 'file')} skipped" if run.data.skipped else ""
+    log.info("data: %s%s%s; %s", count(len(run.data.x), "image" if run.data.is_image else "point"), classes, skipped,
              run.execute.data_path)
     for key, (ramp, start, end) in run.execute.schedule.ramps.items():
         span = f"{ramp.kimg:g} kimg" if ramp.kimg is not None else "the run"

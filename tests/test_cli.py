@@ -61,7 +61,7 @@ def test_sample_from_a_run_folder_is_seeded(tiny_run, tmp_path):
     assert (tmp_path / "a" / "000003.png").read_bytes() != (tmp_path / "c" / "000003.png").read_bytes()
 
 
-def test_same_seed_same_weights_and_resume_is_exact(tmp_path):
+def test_same_seed_same_weights_and_resume_is_exact(tmp_path, caplog):
     # in-process: train() is what the command runs once its config is composed
     from gancli.train import train
     from test_config import compose_train
@@ -69,7 +69,9 @@ def test_same_seed_same_weights_and_resume_is_exact(tmp_path):
     base = [a for a in TINY if not a.startswith("train.steps")] + ["train.ckpt_every=0"]
     train(compose_train(*base, "train.steps=8"), tmp_path / "straight")
     train(compose_train(*base, "train.steps=4"), tmp_path / "resumed")
-    train(compose_train(*base, "train.steps=8", "train.resume=auto"), tmp_path / "resumed")
+    with caplog.at_level("INFO", logger="gancli.train"):
+        train(compose_train(*base, "train.steps=8", "train.resume=auto"), tmp_path / "resumed")
+    assert any(" for 4 more steps to step 8, batch 16" in r.getMessage() for r in caplog.records)  # not "8 steps"
     straight = torch.load(tmp_path / "straight" / "checkpoints" / "last.pt", weights_only=True)
     resumed = torch.load(tmp_path / "resumed" / "checkpoints" / "last.pt", weights_only=True)
     assert straight["step"] == resumed["step"] == 8
@@ -208,6 +210,8 @@ def test_sample_and_eval_help_list_only_their_own_options(tmp_path, capsys):
         out = capsys.readouterr().out
         assert f"gancli {command}:" in out and f"{key}:" in out and "device: auto, cpu, cuda, mps" in out
         assert "model:" not in out and "optimizer" not in out and "== Configuration groups ==" not in out
+        if command == "sample":  # class=3 is read by gancli, not a schema key, and listed all the same
+            assert "\nclasses: null" in out and "\nclass: one class, by index or name" in out
 
 
 def test_sample_keeps_only_the_grid_s_images_in_memory(tiny_run, tmp_path, monkeypatch):

@@ -236,6 +236,16 @@ def test_class_args_read_class_and_comma_lists():
     assert class_args(["classes=[4,5]", "ckpt=run"]) == ["classes=[4,5]", "ckpt=run"]
 
 
+def test_class_and_classes_together_are_one_line(tiny_run, capsys):
+    from gancli import cli
+
+    with pytest.raises(SystemExit) as info:  # the real dispatcher: not the later value silently
+        cli.main(["sample", f"ckpt={tiny_run}", "class=3", "classes=1,2"])
+    assert info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "gancli: error: class=3 and classes=1,2 each name the classes to sample; give one of them"]
+
+
 @pytest.fixture(scope="module")
 def conditional_run(tmp_path_factory, shared_cache_dir):
     """A tiny conditional DCGAN on the digits, evaluated at its end."""

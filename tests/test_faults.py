@@ -16,7 +16,10 @@ import os
 import pickle
 import random
 import re
+import shutil
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -24,7 +27,7 @@ from typing import Callable, Optional
 import pytest
 import torch
 
-from conftest import TINY, Running, read_json, run_gancli
+from conftest import TIMEOUT, TINY, Running, child_env, read_json, run_gancli
 from gancli import checkpoint, files, flops, runfolder, step as step_module
 from gancli.errors import Diverged, GancliError
 from gancli.train import train
@@ -271,16 +274,18 @@ def test_a_second_writer_is_refused_and_a_dead_one_leaves_no_lock(tmp_path, caps
         with pytest.raises(GancliError, match="another gancli process"):
             runfolder.claim(run_dir, "auto")
         assert (run_dir / ".hydra" / "overrides.yaml").read_bytes() == overrides  # the running job's folder
+        assert (run_dir / runfolder.LOCK_NAME).read_text().strip() == str(first.proc.pid)
         first.proc.send_signal(signal.SIGKILL)
         first.finish()
-    # the kernel dropped the dead process's lock: the run starts again at once
+    # the kernel dropped the dead process's lock (its file stays): the run starts again at once
     summary = train(compose_train(*TINY, "train.resume=auto"), run_dir)
-    assert summary["status"] == "completed"
+    assert summary["status"] == "completed" and not (run_dir / runfolder.LOCK_NAME).exists()
 
 
 def test_a_finished_run_is_never_overwritten(tiny_run, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    before = {p: p.read_bytes() for p in tiny_run.rglob("*") if p.is_file() and p.name != runfolder.LOCK_NAME}
+    before = {p: p.read_bytes() for p in tiny_run.rglob("*") if p.is_file()}
+    assert not (tiny_run / runfolder.LOCK_NAME).exists()  # held only while a process trains there
     line = _cli_error(["train", *TINY, f"hydra.run.dir={tiny_run}"], capsys)
     assert "already holds a run (6 steps); continue it with train.resume=auto" in line
     # a resume that is refused (another model) leaves the finished run as it was, too
@@ -288,8 +293,21 @@ def test_a_finished_run_is_never_overwritten(tiny_run, tmp_path, capsys, monkeyp
         ["train", *TINY, "model.g_width=16", "train.resume=auto", f"hydra.run.dir={tiny_run}"], capsys)
     with pytest.raises(GancliError, match="different model config"):
         train(compose_train(*TINY, "model.g_width=16", "train.resume=auto"), tiny_run)
-    after = {p: p.read_bytes() for p in tiny_run.rglob("*") if p.is_file() and p.name != runfolder.LOCK_NAME}
-    assert after == before
+    after = {p: p.read_bytes() for p in tiny_run.rglob("*") if p.is_file()}
+    assert after == before  # not one byte, and no lock file left behind
+
+
+def test_resuming_a_finished_run_trains_nothing_and_rewrites_nothing(tiny_run, tmp_path, caplog):
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_run, run_dir)
+    kept = [run_dir / "summary.json", *(run_dir / "checkpoints").iterdir(), *(run_dir / "samples").iterdir()]
+    before = {p: p.read_bytes() for p in kept}
+    with caplog.at_level("INFO", logger="gancli.train"):
+        summary = train(compose_train(*TINY, "train.resume=auto"), run_dir)
+    assert summary == read_json(run_dir / "summary.json") and summary["img_per_s"] is not None
+    assert {p: p.read_bytes() for p in kept} == before
+    assert any("already at step 6 of 6: nothing to train" in r.getMessage() for r in caplog.records)
+    assert not any("None img/s" in r.getMessage() for r in caplog.records)
 
 
 # ---- diverging runs ----
@@ -421,6 +439,47 @@ def test_a_write_that_fails_mid_run_is_one_line_and_keeps_the_last_checkpoint(tm
     assert checkpoint.load(run_dir / "checkpoints" / "last.pt")["step"] == 3  # intact
     assert _temp_files(run_dir) == []
     assert read_json(run_dir / "summary.json") | {"wall_s": 0} == {"status": "failed", "error": line, "wall_s": 0}
+
+
+def _file_size_limit(limit: int) -> Callable[[], None]:
+    """For a child process: the operating system refuses any write past `limit` bytes of a file
+    (EFBIG), as a full disk refuses it (ENOSPC), in the middle of whatever writes it."""
+    import resource
+
+    def apply() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails instead of killing the process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply
+
+
+def _limited(args: list[str], limit: int, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "gancli", *args], cwd=cwd, env=child_env(), capture_output=True,
+                          text=True, timeout=TIMEOUT, preexec_fn=_file_size_limit(limit))
+
+
+def test_a_real_failed_write_inside_torch_save_is_one_line_and_keeps_the_last_checkpoint(tiny_run, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_run, run_dir)
+    last = run_dir / "checkpoints" / "last.pt"
+    before = last.read_bytes()
+    assert len(before) > 100_000  # the limit stops the checkpoint, not the log lines and grids before it
+    proc = _limited(["train", *TINY, "train.steps=9", "train.resume=auto", f"hydra.run.dir={run_dir}"], 100_000,
+                    tmp_path)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in out, out
+    (line,) = [x for x in proc.stderr.splitlines() if x.strip()]
+    assert f"cannot write {last} (File too large)" in line  # torch.save's RuntimeError, in the OS's words
+    assert last.read_bytes() == before and _temp_files(run_dir) == []
+
+
+def test_gancli_sample_into_a_failing_disk_leaves_no_partial_image(tiny_run, tmp_path):
+    out = tmp_path / "samples"
+    proc = _limited(["sample", f"ckpt={tiny_run}", "n=4", f"out={out}"], 100, tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stdout + proc.stderr
+    (line,) = [x for x in proc.stderr.splitlines() if x.strip()]
+    assert f"cannot write {out / '000000.png'} (File too large)" in line
+    assert sorted(p.name for p in out.iterdir()) == []  # neither a 0-byte image nor a temporary file
 
 
 # ---- hostile files ----
