@@ -243,6 +243,8 @@ def preflight(module, args: list[str]) -> list[Job]:
 
     from gancli.config import to_typed
 
+    from pathlib import Path
+
     parsed = get_args_parser().parse_args(args)
     checked = []
     try:
@@ -255,6 +257,8 @@ def preflight(module, args: list[str]) -> list[Job]:
                     hydra_cfg = composed.pop("hydra")
                 folder = str(hydra_cfg.sweep.dir if parsed.multirun else hydra_cfg.run.dir)
                 cfg = to_typed(composed)
+                if hasattr(module, "resolve") and not parsed.multirun:  # a resume: the run's own config
+                    cfg = module.resolve(cfg, overrides, Path(folder))
                 module.check(cfg)
                 checked.append(Job(cfg, folder))
     except (HydraException, OmegaConfBaseException) as exc:

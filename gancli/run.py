@@ -131,20 +131,78 @@ def check_resumable(saved: dict[str, Any], plain_cfg: dict[str, Any], parts: lis
         saved_cfg = to_plain(train_config_from_plain(saved["config"]))
     except (GancliError, TypeError, ValueError, KeyError, OmegaConfBaseException):
         saved_cfg = saved["config"] if isinstance(saved["config"], dict) else {}
-    for key in ("model", "data"):
-        if _trained(key, saved_cfg.get(key)) != _trained(key, plain_cfg[key]):
-            raise GancliError(
-                f"cannot resume from {path}: it was trained with a different {key} config "
-                f"({saved_cfg.get(key)}); use the same {key} settings or start a new run"
-            )
+    changed = [change for key in ("model", "data") for change in
+               _differences(_trained(key, saved_cfg.get(key)), _trained(key, plain_cfg[key]), key)]
     was, now = (saved_cfg.get("optimizer") or {}).get("name"), plain_cfg["optimizer"]["name"]
-    if was is not None and was != now:
-        raise GancliError(f"cannot resume from {path}: it was trained with optimizer={was}, whose state "
-                          f"optimizer={now} cannot take; resume with optimizer={was} or start a new run")
+    if was is not None and was != now:  # its state (Adam's moments, say) is not the other's
+        changed.append(f"optimizer.name {was} -> {now}")
+    if changed:
+        raise GancliError(f"cannot resume from {path}: {', '.join(changed)} would change the model, data or "
+                          "optimizer it was trained with; leave them as they were (a resume takes the run's own "
+                          "config), or start a new run")
     missing = [key for key in (*parts, "rng") if key not in saved]
     if missing:
         raise GancliError(f"cannot resume from {path}: it lacks {', '.join(missing)}; resume with the ema and augment "
                           "settings it was trained with, or start a new run")
+
+
+def _differences(old: Any, new: Any, path: str) -> list[str]:
+    """`path.key old -> new` for every value that differs between two configs (nested dicts)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [change for key in dict.fromkeys([*old, *new])
+                for change in _differences(old.get(key), new.get(key), f"{path}.{key}")]
+    return [] if old == new else [f"{path} {_shown(old)} -> {_shown(new)}"]
+
+
+def _shown(value: Any) -> str:
+    return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+
+
+# ---- a resumed run's config ----
+
+
+def _reach(override: str) -> Optional[tuple[str, ...]]:
+    """The config path a command-line override sets: `train.steps=9` -> ("train", "steps"),
+    `model=dcgan` -> ("model",); () for `experiment=...`, which may set any group; None for
+    Hydra's own keys."""
+    key = override.split("=", 1)[0].lstrip("+~")
+    if key == "hydra" or key.startswith(("hydra.", "hydra/")):
+        return None
+    if key in ("experiment", "hparams_search"):
+        return ()
+    return tuple(key.split("."))
+
+
+def resumed_config(cfg: TrainApp, overrides: list[str], run_dir: Path) -> TrainApp:
+    """The config a resumed run trains with: its checkpoint's, with what the command line set
+    itself (the values Hydra composed into `cfg`) on top, so that `train.resume=auto
+    hydra.run.dir=<run>` needs nothing retyped and `train.steps=...` goes further (check_resumable
+    then refuses what would change the model, data or optimizer). `cfg` itself where there is no
+    checkpoint to resume: a new run, or `auto` in a folder without one."""
+    path = resume_path(cfg.train.resume, run_dir)
+    if path is None:
+        return cfg
+    saved = checkpoint.load(path, mmap=True)  # the config only: the tensors are mapped, not read
+    try:
+        merged = to_plain(train_config_from_plain(saved["config"]))
+    except (GancliError, TypeError, ValueError, KeyError, OmegaConfBaseException):
+        return cfg  # a checkpoint of an older gancli: the composed config, which check_resumable compares
+    composed = to_plain(cfg)
+    for reach in (_reach(override) for override in overrides):
+        if reach is None:
+            continue
+        if reach == ():  # a preset may set any group: the composed config throughout
+            merged = dict(composed)
+            continue
+        source, target = composed, merged
+        for part in reach[:-1]:
+            if not isinstance(source.get(part), dict):
+                break
+            source, target = source[part], target.setdefault(part, {})
+        else:
+            if reach[-1] in source:
+                target[reach[-1]] = source[reach[-1]]
+    return train_config_from_plain(merged)
 
 
 # where the data is kept and read from: a resumed run may change them, the samples stay the same

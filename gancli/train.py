@@ -28,7 +28,8 @@ from gancli.generator import generate
 from gancli.models import class_rows, latents
 from gancli.models.base import SpectralNorm
 from gancli.quality import evaluate
-from gancli.run import Run, check, claim_run_dir, load_into, resume, resume_path, setup  # noqa: F401 (check: the command line's preflight)
+from gancli.run import (Run, check, claim_run_dir, load_into, resume, resume_path, resumed_config,  # noqa: F401
+                        setup)  # check: the command line's preflight
 from gancli.runfolder import RunFolder, Writer, read_summary
 from gancli.tracking import make_tracker
 
@@ -46,7 +47,7 @@ def main(cfg: DictConfig) -> Optional[float]:
     in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
     with user_errors():
         try:
-            summary = train(to_typed(cfg), run_dir)
+            summary = train(resolve(to_typed(cfg), list(hydra_cfg.overrides.task), run_dir), run_dir)
         except GancliError as exc:
             if not in_sweep:
                 raise
@@ -64,6 +65,12 @@ def main(cfg: DictConfig) -> Optional[float]:
             raise KeyboardInterrupt
         sys.exit(128 + signal.Signals[summary.get("stopped_by") or "SIGINT"])  # the shell's convention: 130, 143
     return summary["objective"]["value"]
+
+
+def resolve(cfg: TrainApp, overrides: list[str], run_dir: Path) -> TrainApp:
+    """The config this job trains with: a resume's is its checkpoint's, with the command line's
+    own overrides on top (run.resumed_config); a new run's is `cfg`."""
+    return resumed_config(cfg, overrides, run_dir)
 
 
 def sweep_objective(summary: dict[str, Any]) -> dict[str, Any]:
@@ -104,6 +111,8 @@ def _train(cfg: TrainApp, run_dir: Path, folder: Optional[RunFolder]) -> dict[st
                      "%s is left as it was", state.step, loop.steps, run_dir)
             execute.close()
             return finished
+    elif loop.resume == "auto":  # the idiom of a requeued job: its first start has nothing to resume
+        log.info("train.resume=auto: no checkpoint in %s yet, so this is a new run", run_dir)
     if ranks.rank:  # each rank draws its own noise; rank 0 keeps the single-process stream
         torch.manual_seed((cfg.seed * 1_000_003 + state.step) * 1_000_003 + ranks.rank)
     out = Writer(run_dir, state.step, ranks.is_main, make_tracker(cfg.logger, run_dir if ranks.is_main else None),
@@ -179,12 +188,13 @@ def _train(cfg: TrainApp, run_dir: Path, folder: Optional[RunFolder]) -> dict[st
         out.checkpoint(run.checkpoint(), keep=False)
         if not out.grid_path(state.step).exists():
             out.grid(state.step, *grid.draw(state.G_sample))
-        summary = _summary(run, status, ended_by, stop.signum, stats, metrics, checksums, resumed_from, run_dir)
+        summary = _summary(run, status, ended_by, stop.signum, stats, metrics, checksums, resumed_from, run_dir,
+                           start)
         out.summary(summary)
     ranks.barrier()  # every rank leaves once rank 0's last files are written
     if status == "interrupted":
-        log.warning("interrupted at step %d; checkpoint saved. Continue with: gancli train <same overrides> "
-                    "train.resume=auto hydra.run.dir=%s", state.step, run_dir)
+        log.warning("interrupted at step %d; checkpoint saved. Continue with: gancli train train.resume=auto "
+                    "hydra.run.dir=%s", state.step, run_dir)
     else:
         speed = f" ({summary['img_per_s']} img/s)" if summary["img_per_s"] is not None else ""
         log.info("done: %s in %.1f s%s; %s", count(state.step, "step"), summary["wall_s"], speed, run_dir)
@@ -283,7 +293,7 @@ def _evaluate(run: Run, step: int) -> dict[str, Any]:
 
 def _summary(run: Run, status: str, ended_by: str, signum: int, stats: dict[str, float],
              metrics: Optional[dict[str, Any]], checksums: Optional[list[float]], resumed_from: Optional[Path],
-             run_dir: Path) -> dict[str, Any]:
+             run_dir: Path, start: int) -> dict[str, Any]:
     """summary.json: how the run ended, its totals, and what ran where."""
     cfg, plan, ranks, meter = run.cfg, run.plan, run.ranks, run.meter
     summary = {
@@ -291,6 +301,7 @@ def _summary(run: Run, status: str, ended_by: str, signum: int, stats: dict[str,
         "ended_by": ended_by,  # train.steps, train.minutes (the time budget) or a signal
         "stopped_by": signal.Signals(signum).name if status == "interrupted" and signum else None,
         "steps": run.state.step,
+        "steps_run": run.state.step - start,  # by this process (a resumed run's earlier ones not counted)
         "target_steps": None if cfg.train.minutes else cfg.train.steps,
         "minutes": cfg.train.minutes,  # the time budget, if any
         "train_s_total": round(meter.state_dict()["train_s"], 3),  # every session's, toward train.minutes

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from conftest import TIMEOUT, TINY, Running, child_env, is_png, read_json, run_gancli
 
@@ -87,7 +88,7 @@ def test_resume_refuses_a_different_model(tiny_run, tmp_path):
     from gancli.train import train
     from test_config import compose_train
 
-    with pytest.raises(GancliError, match="cannot resume .* different model config"):
+    with pytest.raises(GancliError, match=r"cannot resume .*: model.g_width 8 -> 16 would change the model"):
         train(compose_train(*TINY, "model.g_width=16", f"train.resume={tiny_run}"), tmp_path / "run")
     assert not (tmp_path / "run" / "checkpoints").exists()
 
@@ -297,3 +298,38 @@ def test_ctrl_c_or_sigterm_saves_a_checkpoint_and_the_run_resumes(tmp_path, sign
     run_gancli("train", *TINY, f"train.steps={saved['step'] + 2}", "train.resume=auto", f"hydra.run.dir={run}",
                cwd=tmp_path)
     assert read_json(run / "summary.json")["steps"] == saved["step"] + 2
+
+
+def test_a_resume_takes_the_run_s_own_config_and_needs_nothing_retyped(tmp_path, caplog):
+    from gancli.train import train
+    from test_config import compose_train
+
+    run_dir = tmp_path / "run"
+    own = ["experiment=none", "data=ring", "data.n=512", "model=mlp", "model.width=16", "train.batch_size=32",
+           "train.log_every=2", "train.sample_every=0", "train.ckpt_every=0", "device=cpu"]
+    train(compose_train(*own, "train.steps=4"), run_dir)
+    # the real command line, as a requeued job or a user has it: the folder, and how far to go
+    proc = run_gancli("train", "train.resume=auto", "train.steps=6", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    summary = read_json(run_dir / "summary.json")
+    assert summary["steps"] == 6 and summary["steps_run"] == 2 and summary["resumed_from"].endswith("last.pt")
+    assert summary["data"] == "ring" and "for 2 more steps to step 6" in proc.stdout
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert config["model"]["width"] == 16 and config["data"]["n"] == 512 and config["train"]["steps"] == 6
+    # what would change the model, its data or the optimizer: each key, old -> new, in one line
+    proc = run_gancli("train", "train.resume=auto", "train.steps=8", "model=mlp", "model.width=32", "data.n=64",
+                      "optimizer=sgd", f"hydra.run.dir={run_dir}", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert "model.width 16 -> 32" in line and "data.n 512 -> 64" in line and "optimizer.name adam -> sgd" in line
+    assert read_json(run_dir / "summary.json")["steps"] == 6  # refused before it touched the run
+
+
+def test_resume_auto_in_a_folder_without_a_checkpoint_starts_fresh_and_says_so(tmp_path, caplog):
+    from gancli.train import train
+    from test_config import compose_train
+
+    with caplog.at_level("INFO", logger="gancli.train"):
+        summary = train(compose_train(*TINY, "train.resume=auto"), tmp_path / "new")
+    assert summary["steps"] == 6 and summary["resumed_from"] is None
+    assert any("train.resume=auto: no checkpoint in" in r.getMessage() and "so this is a new run" in r.getMessage()
+               for r in caplog.records)
