@@ -34,7 +34,7 @@ USAGE = "usage: gancli <command> [key=value ...] [-m] [--cfg job] [--help]\n\nco
 # Hydra flags after which nothing is run (--cfg prints the config, `???` for what is missing),
 # or whose config we could not see beforehand
 _NO_PREFLIGHT = {"--help", "-h", "--hydra-help", "--info", "-i", "--shell-completion", "-sc", "--cfg", "-c",
-                 "--config-dir", "-cd", "--config-path", "-cp", "--config-name", "-cn"}
+                 "--config-path", "-cp", "--config-name", "-cn"}
 
 
 # presets that were renamed with the model family they train (models.RENAMED has the families)
@@ -71,6 +71,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         rest = module.split_axes(rest)
     torchrun = command == "train" and "RANK" in os.environ  # one of the processes torchrun started
     claimed = None  # the run folder this process holds for its job
+    checked: list[Job] = []  # the jobs the command line would run, as the preflight composed them
     try:
         if command == "sample":  # class=3, classes=0,1,2
             rest = module.class_args(rest)
@@ -94,9 +95,12 @@ def main(argv: Optional[list[str]] = None) -> None:
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         module.main()
-    except KeyboardInterrupt:  # a second Ctrl-C in training, or one before the loop starts
+    except KeyboardInterrupt as exc:  # a signal in a sweep, a second Ctrl-C, or one before the loop starts
+        signum = getattr(exc, "signum", 2)  # SIGINT's number where no other signal is known
+        if command == "train" and ("-m" in rest or "--multirun" in rest) and checked:
+            _report_interrupted(checked[0].folder)
         print("gancli: interrupted", file=sys.stderr)
-        sys.exit(130)
+        sys.exit(128 + signum)
     except (HydraException, OmegaConfBaseException, YAMLError) as exc:  # a config Hydra could not compose
         fail(one_line(exc))
     finally:
@@ -224,6 +228,18 @@ def _hydra_takes(key: str, value: str) -> bool:
     return override.is_sweep_override() or override.value() in (None, value)
 
 
+def _report_interrupted(sweep_dir: str) -> None:
+    """The report of an interrupted sweep: the jobs that ran, and those that never started."""
+    from pathlib import Path
+
+    from gancli.report import report
+
+    try:
+        report([Path(sweep_dir)], out=Path(sweep_dir))
+    except Exception as exc:  # noqa: BLE001 (the sweep is ending on a signal: a report problem must not hide it)
+        print(f"gancli: no report for the sweep: {exc}", file=sys.stderr)
+
+
 class Job(NamedTuple):
     """One job a command line would run: its typed config, and the folder Hydra would give it (the
     run folder of a single run, the sweep folder of a sweep's job)."""
@@ -246,13 +262,17 @@ def preflight(module, args: list[str]) -> list[Job]:
     from pathlib import Path
 
     parsed = get_args_parser().parse_args(args)
+    if parsed.config_dir and not Path(parsed.config_dir).is_dir():
+        raise GancliError(f"--config-dir {parsed.config_dir}: no such folder; give the folder of your config files")
+    # a user's config folder (--config-dir) is searched as Hydra's own run will search it
+    searched = [] if not parsed.config_dir else [f"hydra.searchpath=[file://{Path(parsed.config_dir).resolve()}]"]
     checked = []
     try:
         jobs = _expand_sweeps(parsed.overrides) if parsed.multirun else [parsed.overrides]
         with initialize_config_module("gancli.configs", version_base="1.3"):
             for overrides in jobs:
-                _check_optional_choices(overrides)
-                composed = compose(module.CONFIG_NAME, overrides=overrides, return_hydra_config=True)
+                _check_optional_choices(overrides, parsed.config_dir)
+                composed = compose(module.CONFIG_NAME, overrides=[*overrides, *searched], return_hydra_config=True)
                 with open_dict(composed):
                     hydra_cfg = composed.pop("hydra")
                 folder = str(hydra_cfg.sweep.dir if parsed.multirun else hydra_cfg.run.dir)
@@ -270,9 +290,11 @@ def preflight(module, args: list[str]) -> list[Job]:
 _OPTIONAL_GROUPS = ("experiment", "hparams_search")
 
 
-def _check_optional_choices(overrides: list[str]) -> None:
-    """`experiment=<typo>` must fail like any other unknown option, not train the defaults."""
+def _check_optional_choices(overrides: list[str], config_dir: Optional[str] = None) -> None:
+    """`experiment=<typo>` must fail like any other unknown option, not train the defaults (a
+    user's config folder may add options)."""
     import importlib.resources
+    from pathlib import Path
 
     for override in overrides:
         key, sep, value = override.partition("=")
@@ -282,8 +304,10 @@ def _check_optional_choices(overrides: list[str]) -> None:
                               "recipe (experiment=rpgan)")
         if not sep or key not in _OPTIONAL_GROUPS or value in ("", "null"):
             continue
-        options = sorted(p.name[:-5] for p in (importlib.resources.files("gancli.configs") / key).iterdir()
-                         if p.name.endswith(".yaml"))
+        folders = [importlib.resources.files("gancli.configs") / key]
+        if config_dir and (Path(config_dir) / key).is_dir():
+            folders.append(Path(config_dir) / key)
+        options = sorted({p.name[:-5] for folder in folders for p in folder.iterdir() if p.name.endswith(".yaml")})
         chosen = value[1:-1].split(",") if value.startswith("[") and value.endswith("]") else [value]  # [ring,hinge_sn]
         for name in (name.strip() for name in chosen):
             if name not in options:
@@ -333,22 +357,25 @@ def one_line(exc: BaseException) -> str:
             return f"{group}={value} is not an option; choose one of: {', '.join(sorted(exc.options))}"
         if group:
             return f"the config group '{group}' has no options here: reinstall gancli (pip install -e .)"
-    cause = exc
-    while cause.__cause__ is not None:
-        cause = cause.__cause__
+    chain = [exc]  # Hydra keeps OmegaConf's error as the cause or the context
+    while (chain[-1].__cause__ or chain[-1].__context__) is not None and len(chain) < 20:
+        chain.append(chain[-1].__cause__ or chain[-1].__context__)
+    cause = next((e for e in chain if getattr(e, "full_key", None)), chain[-1])  # the error that names its key
     key = getattr(cause, "full_key", None)
+    where = re.match(r"In '([^']+)'", str(exc))  # the config file Hydra was composing: experiment/mine, say
+    origin = f"{where.group(1)}.yaml: " if where else ""
     if isinstance(cause, (ConfigKeyError, ConfigAttributeError)) and key:
         owner = getattr(cause, "object_type", None)
         if dataclasses.is_dataclass(owner):
             parent = key.rpartition(".")[0]
             known = ", ".join(f"{parent}.{f.name}" if parent else f.name for f in dataclasses.fields(owner))
-            return f"unknown key '{key}'; the keys here are: {known}"
-        return f"unknown key '{key}'; `--cfg job` prints every key"
+            return f"{origin}unknown key '{key}'; the keys here are: {known}"
+        return f"{origin}unknown key '{key}'; `--cfg job` prints every key"
     if isinstance(cause, MissingMandatoryValue) and key:
         return f"{key} must be given, e.g. {key}=<value>"
     if isinstance(cause, ValidationError) and key:
         message = str(getattr(cause, "msg", cause)).splitlines()[0]
-        return f"{key}: {message}"
+        return f"{origin}{key}: {message}"
     lines = [line.strip() for line in (str(exc) or str(cause)).splitlines() if line.strip()]
     text = " ".join(lines) or type(cause).__name__
     return re.sub(r"\s+", " ", text)

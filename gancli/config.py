@@ -14,7 +14,7 @@ from enum import Enum
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 
 from gancli.errors import GancliError, at_least, require
 from gancli.datasets import DATASETS
@@ -501,9 +501,31 @@ def register() -> None:
 
 def to_typed(cfg: DictConfig) -> Any:
     """Turn a composed config into its dataclasses, running every range check once."""
+    _type_model(cfg)
     typed = OmegaConf.to_object(cfg)
     _check_finite(typed)
     return typed
+
+
+def _type_model(cfg: DictConfig) -> None:
+    """A model file of a user's config folder that does not name its schema (`name: dcgan` and
+    its keys, as the shipped files read) is typed by the family it names, so its keys and values
+    are checked like the shipped ones."""
+    node = cfg.get("model") if isinstance(cfg, DictConfig) and "model" in cfg else None
+    if not isinstance(node, DictConfig) or OmegaConf.get_type(node) is not dict:
+        return
+    name = node.get("name")
+    schema = MODEL_SCHEMAS.get(RENAMED.get(name, name)) if isinstance(name, str) else None
+    if schema is None:
+        raise GancliError(f"model.name={name} is not a model family; a model file names one of: "
+                          f"{', '.join(MODEL_SCHEMAS)}")
+    typed = OmegaConf.structured(schema)
+    for key in node:
+        if key not in typed:
+            known = ", ".join(f"model.{f.name}" for f in dataclasses.fields(schema))
+            raise GancliError(f"unknown key 'model.{key}' for model {name}; its keys are: {known}")
+    with open_dict(cfg):
+        cfg.model = OmegaConf.merge(typed, node)
 
 
 def _check_finite(obj: Any, prefix: str = "") -> None:

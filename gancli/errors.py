@@ -14,6 +14,15 @@ class Diverged(GancliError):
     """Training diverged (NaN, inf, or losses beyond the run's limit) and was stopped."""
 
 
+class SweepInterrupted(KeyboardInterrupt):
+    """A signal stopped a sweep's job (its checkpoint saved): the sweep ends, with the signal's
+    exit status (130 for Ctrl-C, 143 for SIGTERM) and the report of what ran."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
 def fail(message: str) -> NoReturn:
     """The one line a user error ends in, on stderr, and exit status 2."""
     print(f"gancli: error: {message}", file=sys.stderr)

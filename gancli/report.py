@@ -87,6 +87,10 @@ def report(folders: list[Path], out: Path | None = None, over: str | None = None
     over the override `over` when given; returns the rows."""
     paths = find_runs(folders)
     runs = [read_run(path) for path in paths]
+    unstarted = [run for folder in folders for run in not_started(folder) if run.path not in set(paths)]
+    if unstarted:  # an interrupted sweep's jobs that never ran, in job order among the others
+        runs = sorted([*runs, *unstarted], key=lambda run: _natural_key(run.path))
+        paths = [run.path for run in runs]
     rows, columns = report_rows(runs)
     base = _common_parent(paths)
     shared = shared_overrides(runs)
@@ -127,6 +131,28 @@ def find_runs(folders: list[Path]) -> list[Path]:
                           ".hydra/overrides.yaml, "
                           "summary.json or timing.jsonl (pass a folder that gancli train wrote)")
     return sorted(found, key=_natural_key)
+
+
+def not_started(folder: Path) -> list[RunRecord]:
+    """The jobs a basic sweep in `folder` planned (its multirun.yaml) that have no run folder:
+    an interrupted sweep's jobs that never started."""
+    import yaml
+
+    from gancli.cli import _expand_sweeps
+
+    try:
+        hydra_cfg = yaml.safe_load((folder / "multirun.yaml").read_text(encoding="utf-8"))["hydra"]
+        task, subdir = list(hydra_cfg["overrides"]["task"]), hydra_cfg["sweep"]["subdir"]
+        basic = "BasicSweeper" in str(hydra_cfg["sweeper"].get("_target_", ""))
+    except (OSError, yaml.YAMLError, KeyError, TypeError, AttributeError):
+        return []  # not a sweep folder, or not one gancli can plan again
+    if not basic or subdir != "${hydra.job.num}":
+        return []
+    jobs = _expand_sweeps([override for override in task if not override.startswith("hydra.")])
+    return [RunRecord(path=folder.resolve() / str(num), overrides=overrides, status="not started", steps=None,
+                      target_steps=None, wall_s=None, img_per_s=None, loss_d=None, loss_g=None, metrics={},
+                      timing=[], evaluations=[], notes=["the sweep ended before this job started"])
+            for num, overrides in enumerate(jobs) if not is_run_folder(folder / str(num))]
 
 
 def _walk(folder: Path) -> Iterator[Path]:

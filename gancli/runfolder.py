@@ -338,7 +338,7 @@ class RunRecord:
 
     path: Path
     overrides: list[str] | None  # command-line overrides, hydra.* left out
-    status: str  # completed | interrupted | failed | incomplete | broken | unknown
+    status: str  # completed | interrupted | failed | incomplete | broken | unknown | not started (report.py)
     steps: int | None
     target_steps: int | None
     wall_s: float | None

@@ -23,7 +23,7 @@ from gancli import checkpoint, runtime, timing
 from gancli.config import LossName, NanPolicy, TrainApp, to_plain, to_typed
 from gancli.console import count, progress_bar
 from gancli.distributed import Ranks
-from gancli.errors import Diverged, GancliError, user_errors
+from gancli.errors import Diverged, GancliError, SweepInterrupted, user_errors
 from gancli.generator import generate
 from gancli.models import class_rows, latents
 from gancli.models.base import SpectralNorm
@@ -61,9 +61,10 @@ def main(cfg: DictConfig) -> Optional[float]:
             log.error("gancli: job failed: %s: %s", type(exc).__name__, exc, exc_info=True)
             return float("nan")
     if summary["status"] == "interrupted":
-        if in_sweep:  # Ctrl-C ends the whole sweep, not just this job
-            raise KeyboardInterrupt
-        sys.exit(128 + signal.Signals[summary.get("stopped_by") or "SIGINT"])  # the shell's convention: 130, 143
+        signum = signal.Signals[summary.get("stopped_by") or "SIGINT"]
+        if in_sweep:  # a signal ends the whole sweep, not just this job
+            raise SweepInterrupted(signum)
+        sys.exit(128 + signum)  # the shell's convention: 130, 143
     return summary["objective"]["value"]
 
 

@@ -308,3 +308,27 @@ def test_paths_are_taken_as_people_type_them(tmp_path, monkeypatch):
     assert quote_path("model.name=my model") == "model.name=my model"  # only paths are rewritten
     with pytest.raises(GancliError, match="both kinds of quote"):
         quote_path("""out=a 'b' "c\"""")
+
+
+def test_a_user_config_folder_is_checked_like_the_shipped_configs(tmp_path, capsys):
+    folder = tmp_path / "my configs"
+    (folder / "model").mkdir(parents=True)
+    (folder / "experiment").mkdir()
+    (folder / "model" / "mine.yaml").write_text("name: dcgan\ng_width: 8\nd_width: 8\n")  # no schema named
+    (folder / "model" / "typo.yaml").write_text("name: dcgan\ng_widht: 8\n")
+    (folder / "experiment" / "stepz.yaml").write_text("# @package _global_\ntrain:\n  stepz: 5\n")
+    (folder / "experiment" / "words.yaml").write_text("# @package _global_\ntrain:\n  steps: abc\n")
+    (job,) = cli.preflight(train, ["--config-dir", str(folder), "model=mine", "device=cpu"])
+    assert type(job.cfg.model) is FAMILIES["dcgan"].Config and job.cfg.model.g_width == 8  # typed, and checked
+    run_dir = tmp_path / "run"
+    for args, expected in [
+        (["model=typo"], "unknown key 'model.g_widht' for model dcgan; its keys are: model.name,"),
+        (["experiment=stepz"], "experiment/stepz.yaml: unknown key 'train.stepz'; the keys here are: train.steps,"),
+        (["experiment=words"], "experiment/words.yaml: train.steps: Value 'abc' of type 'str' could not be converted"),
+        (["experiment=does_not_exist"], "experiment=does_not_exist is not an option; choose one of: debug, grid,"),
+    ]:
+        with pytest.raises(SystemExit) as info:  # the real dispatcher, before Hydra writes anything
+            cli.main(["train", "--config-dir", str(folder), *args, f"hydra.run.dir={run_dir}"])
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert info.value.code == 2 and expected in line, line
+        assert not run_dir.exists()

@@ -159,3 +159,24 @@ def test_a_crashing_job_is_marked_and_the_sweep_reports(tmp_path, monkeypatch, c
         cli.main(args)
     assert info.value.code == 2
     assert f"hydra.sweep.dir={sweep} already holds a sweep's runs" in capsys.readouterr().err
+
+
+def test_an_interrupted_sweep_exits_with_the_signal_and_reports_the_jobs_never_started(tmp_path):
+    import signal
+
+    from conftest import Running
+    from gancli.report import report
+
+    sweep = tmp_path / "sweep"
+    long_jobs = ["-m", *TINY[:3], "train.steps=100000", "train.log_every=1", "device=cpu", "seed=1,2,3",
+                 f"hydra.sweep.dir={sweep}"]
+    with Running("train", *long_jobs, cwd=tmp_path) as sweep_run:
+        sweep_run.wait_for("step 2/")  # the first job trains
+        sweep_run.proc.send_signal(signal.SIGTERM)  # as a cluster's scheduler stops it
+        assert sweep_run.finish() == 128 + signal.SIGTERM  # 143, as a single run exits for SIGTERM
+        out = sweep_run.output
+    assert "Traceback" not in out and "gancli: interrupted" in out
+    assert out.count("not started") == 2  # the sweep's own report, printed on the way out
+    rows = report([sweep])  # and `gancli report` later says the same
+    assert [(row["status"], row["overrides"]) for row in rows] == [
+        ("interrupted", "seed=1"), ("not started", "seed=2"), ("not started", "seed=3")]
