@@ -146,13 +146,18 @@ def claim_run_folders(args: list[str], checked: list[Job]) -> tuple[list[str], O
     from gancli.run import claim_run_dir
 
     folder = Path(checked[0].folder)
-    if "-m" in args or "--multirun" in args:
-        if any(job.cfg.train.resume is None for job in checked) and folder.is_dir() and any(
-                runfolder.last_checkpoint(run).exists() or (run / runfolder.SUMMARY).exists()
-                for run in folder.iterdir()):
-            raise GancliError(f"hydra.sweep.dir={folder} already holds a sweep's runs; choose a new hydra.sweep.dir, "
-                              "or add train.resume=auto to continue its jobs")
-        return args, None
+    if "-m" in args or "--multirun" in args:  # one sweep per sweep folder, checked under its lock
+        runfolder.claim_sweep(folder)
+        try:
+            if any(job.cfg.train.resume is None for job in checked) and any(
+                    runfolder.last_checkpoint(run).exists() or (run / runfolder.SUMMARY).exists()
+                    for run in folder.iterdir() if run.is_dir()):
+                raise GancliError(f"hydra.sweep.dir={folder} already holds a sweep's runs; choose a new "
+                                  "hydra.sweep.dir, or add train.resume=auto to continue its jobs")
+        except GancliError:
+            runfolder.release(folder)
+            raise
+        return args, folder
     if not Ranks.current().is_main:  # rank 0 alone writes the folder
         return args, None
     claim_run_dir(checked[0].cfg, folder)

@@ -90,13 +90,13 @@ def held(run_dir: Path) -> Optional["RunFolder"]:
     return _held.get(run_dir.resolve())
 
 
-def _lock(run_dir: Path) -> int:
+def _lock(run_dir: Path, key: str = "hydra.run.dir", doing: str = "training") -> int:
     """Hold `run_dir`'s lock: the open descriptor, flock-ed, with this process's pid in the file.
     The holder removes the file when it lets go (see release): a lock taken on a file that was
     removed meanwhile is no lock, so it is taken again on the file the path now names."""
     path = run_dir / LOCK_NAME
     while True:
-        fd = _lock_once(run_dir, path)
+        fd = _lock_once(run_dir, path, key, doing)
         try:
             if os.fstat(fd).st_ino == os.stat(path).st_ino:
                 return fd
@@ -105,20 +105,19 @@ def _lock(run_dir: Path) -> int:
         os.close(fd)
 
 
-def _lock_once(run_dir: Path, path: Path) -> int:
+def _lock_once(run_dir: Path, path: Path, key: str, doing: str) -> int:
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:
-        raise GancliError(f"cannot write in the run folder {run_dir} ({exc.strerror}); choose a writable "
-                          "hydra.run.dir") from None
+        raise GancliError(f"cannot write in the folder {run_dir} ({exc.strerror}); choose a writable {key}") from None
     if fcntl is not None:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             owner = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
             os.close(fd)
-            raise GancliError(f"another gancli process (pid {owner}) is training in {run_dir}; wait for it to end, "
-                              "or choose another hydra.run.dir") from None
+            raise GancliError(f"another gancli process (pid {owner}) is {doing} in {run_dir}; wait for it to end, "
+                              f"or choose another {key}") from None
         except OSError as exc:  # a file system without locks (some network mounts): train, and say so
             log.warning("cannot lock %s (%s): a second gancli writing there would not be noticed", path, exc.strerror)
     os.ftruncate(fd, 0)
@@ -161,6 +160,19 @@ def claim(run_dir: Path, resume: Optional[str]) -> "RunFolder":
             tmp.unlink(missing_ok=True)  # a write that a kill cut short; the file it was to replace is intact
     folder = _held[run_dir.resolve()] = RunFolder(run_dir, fd)
     return folder
+
+
+def claim_sweep(sweep_dir: Path) -> None:
+    """Make `sweep_dir` this process's sweep's, with the lock a run folder has (see release): a
+    second sweep into it, started at the same time or later, is refused in one line before any
+    of its jobs starts. Each job still claims its own folder."""
+    try:
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise GancliError(f"cannot make the sweep folder {sweep_dir} ({exc.strerror}); choose a writable "
+                          "hydra.sweep.dir") from None
+    fd = _lock(sweep_dir, "hydra.sweep.dir", "running a sweep")
+    _held[sweep_dir.resolve()] = RunFolder(sweep_dir, fd)
 
 
 class RunFolder:

@@ -172,11 +172,19 @@ def test_an_interrupted_sweep_exits_with_the_signal_and_reports_the_jobs_never_s
                  f"hydra.sweep.dir={sweep}"]
     with Running("train", *long_jobs, cwd=tmp_path) as sweep_run:
         sweep_run.wait_for("step 2/")  # the first job trains
+        planned = (sweep / "multirun.yaml").read_bytes()
+        # a second sweep into the same folder: refused before any of its jobs starts
+        second = run_gancli("train", "-m", *TINY, "seed=7,8", f"hydra.sweep.dir={sweep}", cwd=tmp_path, check=False)
+        assert second.returncode == 2 and second.stderr.strip().splitlines() == [
+            f"gancli: error: another gancli process (pid {sweep_run.proc.pid}) is running a sweep in {sweep}; "
+            "wait for it to end, or choose another hydra.sweep.dir"]
+        assert (sweep / "multirun.yaml").read_bytes() == planned
         sweep_run.proc.send_signal(signal.SIGTERM)  # as a cluster's scheduler stops it
         assert sweep_run.finish() == 128 + signal.SIGTERM  # 143, as a single run exits for SIGTERM
         out = sweep_run.output
     assert "Traceback" not in out and "gancli: interrupted" in out
     assert out.count("not started") == 2  # the sweep's own report, printed on the way out
+    assert not (sweep / ".gancli.lock").exists()  # the sweep folder is free again
     rows = report([sweep])  # and `gancli report` later says the same
     assert [(row["status"], row["overrides"]) for row in rows] == [
         ("interrupted", "seed=1"), ("not started", "seed=2"), ("not started", "seed=3")]
