@@ -10,13 +10,13 @@ import platform
 import signal
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 import gancli
 from gancli import checkpoint, runtime, timing
@@ -24,6 +24,7 @@ from gancli.config import LossName, NanPolicy, TrainApp, to_plain, to_typed
 from gancli.console import count, progress_bar
 from gancli.distributed import Ranks
 from gancli.errors import Diverged, GancliError, SweepInterrupted, user_errors
+from gancli.files import write_text
 from gancli.generator import generate
 from gancli.models import class_rows, latents
 from gancli.models.base import SpectralNorm
@@ -45,15 +46,21 @@ def main(cfg: DictConfig) -> Optional[float]:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
+    claimed: list[bool] = []
     with user_errors():
         try:
-            summary = train(resolve(to_typed(cfg), list(hydra_cfg.overrides.task), run_dir), run_dir)
+            summary = train(resolve(to_typed(cfg), list(hydra_cfg.overrides.task), run_dir), run_dir,
+                            on_claim=lambda: claimed.append(_write_hydra_files(cfg, run_dir)))
         except GancliError as exc:
             if not in_sweep:
                 raise
             # one failed job (a diverging learning rate, say) is a result of the sweep, not its end:
-            # the report marks it, and a sweeper sees NaN, which Optuna records as a failed trial
-            log.error("gancli: error: %s", exc)
+            # the report marks it, and a sweeper sees NaN, which Optuna records as a failed trial.
+            # A job its folder refused leaves that folder as it was: its line goes to the console only.
+            if claimed:
+                log.error("gancli: error: %s", exc)
+            else:
+                print(f"gancli: error: {exc}", file=sys.stderr)
             return float("nan")
         except Exception as exc:  # a crash (out of memory, a bug) ends this job, and a sweep goes on
             if not in_sweep:
@@ -66,6 +73,17 @@ def main(cfg: DictConfig) -> Optional[float]:
             raise SweepInterrupted(signum)
         sys.exit(128 + signum)  # the shell's convention: 130, 143
     return summary["objective"]["value"]
+
+
+def _write_hydra_files(cfg: DictConfig, run_dir: Path) -> bool:
+    """Hydra's record of the job in `.hydra/` (its config, Hydra's own, the command line's
+    overrides), written once this process holds the folder."""
+    hydra_cfg = HydraConfig.get()
+    folder = run_dir / ".hydra"
+    write_text(folder / "config.yaml", OmegaConf.to_yaml(cfg))
+    write_text(folder / "hydra.yaml", OmegaConf.to_yaml(OmegaConf.create({"hydra": hydra_cfg})))
+    write_text(folder / "overrides.yaml", OmegaConf.to_yaml(hydra_cfg.overrides.task))
+    return True
 
 
 def resolve(cfg: TrainApp, overrides: list[str], run_dir: Path) -> TrainApp:
@@ -85,12 +103,15 @@ def sweep_objective(summary: dict[str, Any]) -> dict[str, Any]:
     return {"name": "loss_g", "value": float(summary["loss_g"])}
 
 
-def train(cfg: TrainApp, run_dir: Path) -> dict[str, Any]:
+def train(cfg: TrainApp, run_dir: Path, on_claim: Optional[Callable[[], Any]] = None) -> dict[str, Any]:
     """Train G and D as `cfg` says, writing everything under `run_dir`; returns the summary. The
-    folder is claimed for the run, and a run that an exception ends is marked there."""
+    folder is claimed for the run (then `on_claim` is called), and a run that an exception ends
+    is marked there."""
     if not Ranks.current().is_main:  # rank 0 alone writes the run folder
         return _train(cfg, run_dir, None)
     with claim_run_dir(cfg, run_dir) as folder:
+        if on_claim is not None:
+            on_claim()
         return _train(cfg, run_dir, folder)
 
 

@@ -188,3 +188,18 @@ def test_an_interrupted_sweep_exits_with_the_signal_and_reports_the_jobs_never_s
     rows = report([sweep])  # and `gancli report` later says the same
     assert [(row["status"], row["overrides"]) for row in rows] == [
         ("interrupted", "seed=1"), ("not started", "seed=2"), ("not started", "seed=3")]
+
+
+def test_a_sweep_job_refused_by_its_folder_changes_not_one_byte_there(tmp_path):
+    sweep = tmp_path / "sweep"
+    run_gancli("train", "-m", *TINY, "seed=1", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    first = {p: p.read_bytes() for p in (sweep / "0").rglob("*") if p.is_file()}
+    assert (sweep / "0" / ".hydra" / "overrides.yaml").read_text().endswith("- seed=1\n")  # gancli wrote it
+    # job 0 would resume the run above with another model: refused; job 1 is new, and trains
+    proc = run_gancli("train", "-m", *TINY, "model.g_width=16", "seed=1,2", "train.resume=auto",
+                      f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert "model.g_width 8 -> 16 would change the model" in proc.stderr
+    assert {p: p.read_bytes() for p in (sweep / "0").rglob("*") if p.is_file()} == first
+    assert read_json(sweep / "1" / "summary.json")["status"] == "completed"
+    written = (sweep / "1" / ".hydra" / "overrides.yaml").read_text()
+    assert "- model.g_width=16\n" in written and "- seed=2\n" in written
