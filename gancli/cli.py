@@ -134,11 +134,11 @@ def _check_modes(args: list[str]) -> None:
 
 
 def claim_run_folders(args: list[str], checked: list[Job]) -> tuple[list[str], Optional["Path"]]:
-    """Before Hydra writes `.hydra/` in a run folder, make sure the job may write there: claim a
-    single run's folder for this process (the caller releases it when the job ends), pinning its
-    resolved path so that Hydra uses that very folder; a sweep's folder must not already hold a
-    sweep that it would overwrite (each job claims its own folder as it starts). Returns the
-    arguments for Hydra and the claimed folder, if any."""
+    """Before Hydra starts, make sure the job may write where it would: claim a single run's
+    folder for this process (the caller releases it when the job ends), pinning its resolved path
+    so that Hydra uses that very folder; claim a sweep's folder for the sweep, which must not
+    already hold a sweep that it would overwrite (each job claims its own folder as it starts).
+    Returns the arguments for Hydra and the claimed folder, if any."""
     from pathlib import Path
 
     from gancli import runfolder

@@ -4,8 +4,9 @@ log rows, evaluations, sample grids, checkpoints, the summary); and the reader t
 `gancli report` uses.
 
 One writer at a time, a finished run never overwritten, and nothing left behind by a writer
-that was killed: a job claims its folder before it writes anything there (`gancli train`
-claims it before Hydra makes `.hydra/`, so a refused job changes nothing in the folder). The
+that was killed: a job claims its folder before it writes anything there (a single run's is
+claimed by the command line before Hydra starts; `.hydra/` is written by gancli once the job
+holds its folder, so a refused job, a sweep's too, changes nothing there). The
 claim is an exclusive `flock` on `.gancli.lock`, which the kernel releases when the process
 ends, however it ends: a killed run never leaves its folder locked (the file may stay, unlocked;
 a process that ends normally removes it).
