@@ -98,7 +98,11 @@ def main(argv: Optional[list[str]] = None) -> None:
     except KeyboardInterrupt as exc:  # a signal in a sweep, a second Ctrl-C, or one before the loop starts
         signum = getattr(exc, "signum", 2)  # SIGINT's number where no other signal is known
         if command == "train" and ("-m" in rest or "--multirun" in rest) and checked:
-            _report_interrupted(checked[0].folder)
+            from pathlib import Path
+
+            from gancli.report import report_sweep
+
+            report_sweep(Path(checked[0].folder))  # what ran, and the jobs that never started
         print("gancli: interrupted", file=sys.stderr)
         sys.exit(128 + signum)
     except (HydraException, OmegaConfBaseException, YAMLError) as exc:  # a config Hydra could not compose
@@ -231,18 +235,6 @@ def _hydra_takes(key: str, value: str) -> bool:
     except HydraException:
         return False
     return override.is_sweep_override() or override.value() in (None, value)
-
-
-def _report_interrupted(sweep_dir: str) -> None:
-    """The report of an interrupted sweep: the jobs that ran, and those that never started."""
-    from pathlib import Path
-
-    from gancli.report import report
-
-    try:
-        report([Path(sweep_dir)], out=Path(sweep_dir))
-    except Exception as exc:  # noqa: BLE001 (the sweep is ending on a signal: a report problem must not hide it)
-        print(f"gancli: no report for the sweep: {exc}", file=sys.stderr)
 
 
 class Job(NamedTuple):

@@ -12,6 +12,7 @@ import os
 import queue
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, BinaryIO, Optional
 
 import numpy as np
@@ -173,15 +174,27 @@ def read_samples(data: Data, idx: torch.Tensor, out: Optional[torch.Tensor] = No
     out = torch.empty((len(idx), *data.shape), dtype=data.x.dtype) if out is None else out
     if data.file is None:
         return torch.index_select(data.x, 0, idx, out=out)
-    with open(data.file, "rb", buffering=0) if file is None else contextlib.nullcontext(file) as f:
-        rows = out.view(len(idx), -1).numpy()
-        row_bytes, where = rows.shape[1], idx.tolist()
-        for i in np.argsort(where, kind="stable").tolist():  # in file order, each straight into its place
-            f.seek(where[i] * row_bytes)
-            if f.readinto(rows[i]) != row_bytes:
-                raise GancliError(f"{data.file} is shorter than its manifest says (changed since it was prepared?); "
-                                  f"delete {data.file.parent} and run again")
+    try:
+        with open_pixels(data.file) if file is None else contextlib.nullcontext(file) as f:
+            rows = out.view(len(idx), -1).numpy()
+            row_bytes, where = rows.shape[1], idx.tolist()
+            for i in np.argsort(where, kind="stable").tolist():  # in file order, each straight into its place
+                f.seek(where[i] * row_bytes)
+                if f.readinto(rows[i]) != row_bytes:
+                    raise GancliError(f"{data.file} is shorter than its manifest says (changed since it was "
+                                      f"prepared?); delete {data.file.parent} and run again")
+    except OSError as exc:
+        raise GancliError(f"cannot read {data.file}: {exc.strerror or exc}") from None
     return out
+
+
+def open_pixels(path: Path) -> BinaryIO:
+    """A prepared set's pixel file, opened for plain reads (unbuffered: each read goes straight
+    into its buffer), or one line on why it cannot be."""
+    try:
+        return open(path, "rb", buffering=0)
+    except OSError as exc:
+        raise GancliError(f"cannot read {path}: {exc.strerror}") from None
 
 
 class Batches:
@@ -264,27 +277,32 @@ class StreamBatches:
             self._free.put(slot)  # read before the restart: not wanted
         self._next = k + 1
         idx, flip = item
-        c = None if self.c is None else self.c[idx]
         cuda = self.device.type == "cuda"  # from pinned memory, the copy need not block
         buffer = self._buffers[slot]
         x = buffer.to(self.device, non_blocking=cuda)
-        x = x.clone() if x is buffer else x  # on the CPU (tests): the reader fills the buffer again
-        c = None if c is None else c.to(self.device, non_blocking=cuda)
+        c = None if self.c is None else self.c[idx].to(self.device, non_blocking=cuda)
         flip = None if flip is None else flip.to(self.device, non_blocking=cuda)
         event = torch.cuda.Event() if cuda else None
         if event is not None:
             event.record()
         self._copied[slot] = event
+        batch = self._as_model(x, buffer, flip, c)  # before the buffer is handed back: on the CPU, x is it
         self._free.put(slot)
-        return Batch(_laid_out(_mirrored(to_model(x), flip), self.memory_format), c)
+        return batch
+
+    def _as_model(self, x: torch.Tensor, buffer: torch.Tensor, flip: Optional[torch.Tensor],
+                  c: Optional[torch.Tensor]) -> Batch:
+        """A batch read into `buffer` (x: it, or its copy on the device) as the step takes it:
+        floats in [-1, 1] that do not share the buffer, which is read into again; mirrored where
+        Order says; in D's layout."""
+        x = to_model(x)
+        x = x.clone() if x.data_ptr() == buffer.data_ptr() else x  # points are floats already
+        return Batch(_laid_out(_mirrored(x, flip), self.memory_format), c)
 
     def _read_now(self, k: int) -> Batch:
         """Batch k read in this thread; the kernel is asked to read the next ones' rows meanwhile."""
         if self.file is not None and self._file is None:
-            try:
-                self._file = open(self.file, "rb", buffering=0)
-            except OSError as exc:
-                raise GancliError(f"cannot read {self.file}: {exc.strerror}") from None
+            self._file = open_pixels(self.file)
         if self._file is not None and hasattr(os, "posix_fadvise"):
             row_bytes = self._buffers[0][0].numel() * self._buffers[0].element_size()
             for j in range(max(self._advised, k + 1), k + self.ahead + 1):
@@ -292,20 +310,15 @@ class StreamBatches:
                     os.posix_fadvise(self._file.fileno(), i * row_bytes, row_bytes, os.POSIX_FADV_WILLNEED)
             self._advised = k + self.ahead + 1
         idx, flip = self.order(k)
-        try:
-            buffer = read_samples(self.data, idx, self._buffers[0], self._file)
-        except OSError as exc:
-            raise GancliError(f"cannot read {self.file}: {exc}") from None
-        x = to_model(buffer)
-        x = x.clone() if x is buffer else x  # points are floats already, and the buffer is read into again
-        return Batch(_laid_out(_mirrored(x, flip), self.memory_format), None if self.c is None else self.c[idx])
+        buffer = read_samples(self.data, idx, self._buffers[0], self._file)
+        return self._as_model(buffer, buffer, flip, None if self.c is None else self.c[idx])
 
     def _read(self) -> None:
         """The reader thread: fill a free buffer with the next batch, hand it over, repeat."""
         try:
-            reader = open(self.file, "rb", buffering=0) if self.file is not None else None
-        except OSError as exc:
-            self._ready.put((-1, -1, -1, GancliError(f"cannot read {self.file}: {exc.strerror}")))
+            reader = open_pixels(self.file) if self.file is not None else None
+        except GancliError as exc:
+            self._ready.put((-1, -1, -1, exc))
             return
         with reader if reader is not None else contextlib.nullcontext():
             restart, k = -1, 0
@@ -320,8 +333,8 @@ class StreamBatches:
                     event.synchronize()
                 try:
                     item = self._gather(k, self._buffers[slot], reader)
-                except (OSError, GancliError) as exc:
-                    item = exc if isinstance(exc, GancliError) else GancliError(f"cannot read {self.file}: {exc}")
+                except GancliError as exc:  # the step that asked for this batch raises it
+                    item = exc
                 self._ready.put((restart, k, slot, item))
                 k += 1
 

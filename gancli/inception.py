@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 WEIGHTS_NAME = "weights-inception-2015-12-05-6726825d.pth"
 _REAL_FEATURES: dict[tuple, Any] = {}  # (real_key, weights digest) -> float (N, 2048) features of the last real images
 DOWNLOAD_TIMEOUT_S = 60  # per network operation: a machine offline answers at once or never
+NEEDS_FIDELITY = ("Inception FID/KID, the quality number of images without class labels, needs torch-fidelity: "
+                  "pip install 'gancli[inception]'")
 
 
 def find_weights(path: Optional[str]) -> Optional[Path]:
@@ -52,8 +54,7 @@ def obtain_weights(path: Optional[str]) -> Path:
     try:
         from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3 as url
     except ImportError:
-        raise GancliError("Inception FID/KID, the quality number of images without class labels, needs "
-                          "torch-fidelity: pip install 'gancli[inception]'") from None
+        raise GancliError(NEEDS_FIDELITY) from None
     target = _cached()
     log.info("downloading the Inception weights for FID/KID from %s into %s (once)", url, target)
     before = socket.getdefaulttimeout()
@@ -86,8 +87,7 @@ def inception_metrics(real: Union[torch.Tensor, Iterable[torch.Tensor]], fake: t
         from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
     except ImportError:
         if required:
-            raise GancliError("Inception FID/KID, the quality number of images without class labels, needs "
-                              "torch-fidelity: pip install 'gancli[inception]'") from None
+            raise GancliError(NEEDS_FIDELITY) from None
         return {"inception_note": "Inception FID/KID skipped: pip install 'gancli[inception]' (torch-fidelity)"}
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)  # plain tensors only

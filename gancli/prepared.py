@@ -64,9 +64,9 @@ def load_folder(cfg: Any) -> Data:
     else:  # a folder: each file's size and modification time
         listing = [list(file) for file in files_below(folder)]
         classes = classes_of([name for name, _, _ in listing])
-        index = {name: i for i, name in enumerate(classes or [])}
-        labels = None if classes is None else {name: index[name.split("/", 1)[0]] for name, _, _ in listing
-                                               if name.split("/", 1)[0] in index}
+        index = {name: i for i, name in enumerate(classes or [])}  # a top folder's class
+        tops = ((name, name.split("/", 1)[0]) for name, _, _ in listing)
+        labels = None if classes is None else {name: index[top] for name, top in tops if top in index}
     source = {
         "version": VERSION,
         "source": str(folder),

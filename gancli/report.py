@@ -393,8 +393,12 @@ class SweepReport(Callback):
     """Hydra callback: when a sweep ends, print its table and write the report into the sweep folder."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        try:
-            sweep_dir = Path(str(config.hydra.sweep.dir))
-            report([sweep_dir], out=sweep_dir)
-        except Exception as exc:  # noqa: BLE001 (the sweep has finished: a report problem must not fail it)
-            log.warning("no report for the sweep: %s", exc if isinstance(exc, GancliError) else repr(exc))
+        report_sweep(Path(str(config.hydra.sweep.dir)))
+
+
+def report_sweep(sweep_dir: Path) -> None:
+    """A sweep's table and report, written into its folder, when it ends or is interrupted."""
+    try:
+        report([sweep_dir], out=sweep_dir)
+    except Exception as exc:  # noqa: BLE001 (the sweep is over: a report problem must not fail it or hide why)
+        log.warning("no report for the sweep: %s", exc if isinstance(exc, GancliError) else repr(exc))

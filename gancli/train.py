@@ -46,7 +46,7 @@ def main(cfg: DictConfig) -> Optional[float]:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
-    claimed: list[bool] = []
+    claimed: list[Path] = []  # the folder, once this job holds it and has written Hydra's record there
     with user_errors():
         try:
             summary = train(resolve(to_typed(cfg), list(hydra_cfg.overrides.task), run_dir), run_dir,
@@ -75,15 +75,15 @@ def main(cfg: DictConfig) -> Optional[float]:
     return summary["objective"]["value"]
 
 
-def _write_hydra_files(cfg: DictConfig, run_dir: Path) -> bool:
+def _write_hydra_files(cfg: DictConfig, run_dir: Path) -> Path:
     """Hydra's record of the job in `.hydra/` (its config, Hydra's own, the command line's
-    overrides), written once this process holds the folder."""
+    overrides), written once this process holds the folder; returns that folder."""
     hydra_cfg = HydraConfig.get()
     folder = run_dir / ".hydra"
     write_text(folder / "config.yaml", OmegaConf.to_yaml(cfg))
     write_text(folder / "hydra.yaml", OmegaConf.to_yaml(OmegaConf.create({"hydra": hydra_cfg})))
     write_text(folder / "overrides.yaml", OmegaConf.to_yaml(hydra_cfg.overrides.task))
-    return True
+    return folder
 
 
 def resolve(cfg: TrainApp, overrides: list[str], run_dir: Path) -> TrainApp:
