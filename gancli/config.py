@@ -179,12 +179,23 @@ class LossConfig:
     r2_gamma: float = 0.0  # the same zero-centred penalty at G's samples (R3GAN pairs it with R1)
     gp_lambda: float = 0.0  # WGAN-GP: lambda * E(||grad D(x_hat)|| - 1)^2 on real/fake interpolates
     reg_every: int = 1  # lazy regularisation: the penalties on every N-th D step only, weighted by N
+    # StyleGAN2's regularisers of G, for a model with a W space (model=stylegan2):
+    # path length (Karras et al. 2020): pl_weight * E(||J_w^T y|| - a)^2, a a moving average of the
+    # lengths, on every pl_every-th G step only (weighted by pl_every), on batches pl_batch_shrink times smaller
+    pl_weight: float = 0.0
+    pl_every: int = 4
+    pl_decay: float = 0.01  # how fast the target a follows the lengths
+    pl_batch_shrink: int = 2
+    # style mixing: with this probability a batch of G's samples switches to a second w from a random layer on
+    style_mixing: float = 0.0
 
     def __post_init__(self) -> None:
-        for key in ("r1_gamma", "r2_gamma", "gp_lambda"):
+        for key in ("r1_gamma", "r2_gamma", "gp_lambda", "pl_weight"):
             value = getattr(self, key)
             require(value >= 0, f"loss.{key}", value, "a number >= 0 (0 turns the penalty off)")
-        at_least(self, "loss", 1, "reg_every")
+        at_least(self, "loss", 1, "reg_every", "pl_every", "pl_batch_shrink")
+        require(0 < self.pl_decay <= 1, "loss.pl_decay", self.pl_decay, "a number in (0, 1]")
+        require(0 <= self.style_mixing <= 1, "loss.style_mixing", self.style_mixing, "a probability in [0, 1]")
 
     @property
     def penalised(self) -> bool:
@@ -193,8 +204,14 @@ class LossConfig:
 
     @property
     def double_backward(self) -> bool:
-        """Whether D's update differentiates a gradient (read by the accel plan): every penalty does."""
-        return self.penalised
+        """Whether an update differentiates a gradient (read by the accel plan): every penalty does,
+        G's path-length penalty too."""
+        return self.penalised or self.pl_weight > 0
+
+    @property
+    def in_w_space(self) -> list[str]:
+        """The keys turned on that need a model with a W space."""
+        return [f"loss.{key}={getattr(self, key)}" for key in ("pl_weight", "style_mixing") if getattr(self, key) > 0]
 
 
 @dataclass
@@ -484,10 +501,25 @@ def _check_schedule(cfg: TrainApp) -> None:
             raise GancliError("schedule.augment_p and augment.adaptive=true (ADA) both move augment.p; keep one")
 
 
+# ${mul:a,b} = a b, ${div:a,b} = a / b, ${pow:a,b} = a^b, ${floordiv:a,b} = a // b (a whole
+# number), ${min:a,b}, ${max:a,b}, ${ifge:a,b,x,y} = x if a >= b else y
+RESOLVERS = {
+    "mul": lambda a, b: float(a) * float(b),
+    "div": lambda a, b: float(a) / float(b),
+    "pow": lambda a, b: float(a) ** float(b),
+    "floordiv": lambda a, b: int(a) // int(b),
+    "min": min,
+    "max": max,
+    "ifge": lambda a, b, x, y: x if float(a) >= float(b) else y,
+}
+
+
 def register() -> None:
     """Put the schemas in Hydra's ConfigStore (the YAML files name them in their defaults), and the
-    one resolver the YAML uses: ${mul:a,b} is a times b (schedule/r3gan.yaml's ends)."""
-    OmegaConf.register_new_resolver("mul", lambda a, b: float(a) * float(b), replace=True)
+    arithmetic the YAML shows its derived values with (schedule/r3gan.yaml's ends,
+    experiment/stylegan2.yaml's auto settings)."""
+    for name, fn in RESOLVERS.items():
+        OmegaConf.register_new_resolver(name, fn, replace=True)
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainApp)
     cs.store(name="sample_schema", node=SampleApp)

@@ -59,7 +59,8 @@ def step_flops(cfg: TrainApp, shape: tuple, n_classes: Optional[int] = None) -> 
     their penalties and augmentation, counted once on weightless meta tensors, so nothing is
     computed and no state changes. FlopCounterMode counts matrix products and convolutions,
     so the optimizers and G_ema's update (elementwise) count nothing. With lazy regularisation
-    the penalties count on 1 in loss.reg_every D updates. `n_classes`: the loaded data's (None:
+    the penalties count on 1 in loss.reg_every D updates, the path-length penalty on 1 in
+    loss.pl_every G updates. `n_classes`: the loaded data's (None:
     named from the config, which lists a folder's subfolders)."""
     with torch.device("meta"):
         if n_classes is None:
@@ -78,4 +79,9 @@ def step_flops(cfg: TrainApp, shape: tuple, n_classes: Optional[int] = None) -> 
     d_reg = flops(lambda: d_objective(cfg.loss, G, D, batch, augment, reg=True)[0]) if cfg.loss.penalised else d_plain
     D.requires_grad_(False)
     g = flops(lambda: g_objective(cfg.loss, G, D, batch, augment)[0])
-    return round(cfg.train.d_steps * (d_plain + (d_reg - d_plain) / cfg.loss.reg_every) + g)
+    g_reg = g
+    if cfg.loss.pl_weight > 0:
+        target = torch.zeros((), device="meta")
+        g_reg = flops(lambda: g_objective(cfg.loss, G, D, batch, augment, reg=True, pl_target=target)[0])
+    return round(cfg.train.d_steps * (d_plain + (d_reg - d_plain) / cfg.loss.reg_every)
+                 + g + (g_reg - g) / cfg.loss.pl_every)

@@ -11,6 +11,7 @@ With D(x) = sigmoid(l), log D(x) = -softplus(-l) and log(1 - D(x)) = -softplus(l
 
 from __future__ import annotations
 
+import math
 from typing import Callable, NamedTuple, Optional
 
 import torch
@@ -94,6 +95,42 @@ def gradient_penalty(logits: Tensor, x_hat: Tensor, grad_scale: float = 1.0) -> 
     return (input_gradient(logits, x_hat, grad_scale).flatten(1).norm(dim=1) - 1).pow(2).mean()
 
 
+def path_length_penalty(fake: Tensor, ws: Tensor, target: Tensor, decay: float,
+                        grad_scale: float = 1.0) -> tuple[Tensor, Tensor, Tensor]:
+    """StyleGAN2's path-length penalty (Karras et al. 2020): E (||J_w^T y|| - a)^2, the Jacobian
+    of the images (B, C, H, W) with respect to their ws (B, L, w_dim) applied to image-space
+    noise y ~ N(0, I) / sqrt(H W), a moving average of the lengths. `ws` must be what `fake`
+    came from, inside its graph. -> (penalty, the batch's mean length, the target moved `decay`
+    toward it), so that G's updates keep one length for every direction in W."""
+    noise = torch.randn_like(fake, dtype=torch.float32) / math.sqrt(fake.shape[2] * fake.shape[3])
+    outputs = (fake.float() * noise).sum() * grad_scale
+    (grad,) = torch.autograd.grad(outputs, ws, create_graph=True)  # (B, L, w_dim)
+    lengths = (grad.float() / grad_scale).square().sum(2).mean(1).sqrt()  # (B,)
+    moved = target.lerp(lengths.mean().detach(), decay)
+    return (lengths - moved).square().mean(), lengths.mean(), moved
+
+
+class PathLengthTarget(nn.Module):
+    """The path-length penalty's moving target a (a device scalar), saved in checkpoints so that
+    a resumed run penalises toward the same length."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("value", torch.zeros(()))
+
+
+def style_mixing(cfg: LossConfig, G: nn.Module, z: Tensor) -> dict[str, Tensor]:
+    """G's keyword arguments for style mixing (Karras et al. 2019): with probability
+    loss.style_mixing, the layers from a random one on (1..num_ws - 1, one for the batch) read
+    the w of a second noise; otherwise none do (mix_from = num_ws). Drawn on the device."""
+    if cfg.style_mixing <= 0:
+        return {}
+    num_ws = getattr(G, "module", G).num_ws
+    cut = torch.randint(1, num_ws, (), device=z.device)
+    cut = torch.where(torch.rand((), device=z.device) < cfg.style_mixing, cut, torch.full_like(cut, num_ws))
+    return {"mix_z": torch.randn_like(z), "mix_from": cut}
+
+
 class Loss(NamedTuple):
     d: Callable[..., Tensor]  # (real logits, fake logits) -> D's loss
     g: Callable[..., Tensor]  # (fake logits) -> G's loss; (fake logits, real logits) if g_needs_real
@@ -133,7 +170,7 @@ def d_objective(cfg: LossConfig, G: nn.Module, D: nn.Module, batch: Batch, augme
     real, c = batch.x, batch.c  # (B, C, H, W) in [-1, 1] or (B, 2); (B,) labels or None
     z, c_fake = latents(G, len(real), real.device)
     with torch.no_grad():
-        fake = G(z, c_fake)
+        fake = G(z, c_fake, **style_mixing(cfg, G, z))
     r1, r2, gp = (reg and cfg.r1_gamma > 0), (reg and cfg.r2_gamma > 0), (reg and cfg.gp_lambda > 0)
     if r1:
         real_leaf, real = _input_leaf(real)
@@ -162,16 +199,26 @@ def d_objective(cfg: LossConfig, G: nn.Module, D: nn.Module, batch: Batch, augme
     return objective, stats
 
 
-def g_objective(cfg: LossConfig, G: nn.Module, D: nn.Module, batch: Batch,
-                augment: Optional[nn.Module] = None) -> tuple[Tensor, Stats]:
+def g_objective(cfg: LossConfig, G: nn.Module, D: nn.Module, batch: Batch, augment: Optional[nn.Module] = None,
+                reg: bool = False, grad_scale: float = 1.0,
+                pl_target: Optional[Tensor] = None) -> tuple[Tensor, Stats]:
     """G's loss on D(G(z)), D held fixed (with D's scores of the real batch, for a relativistic
-    loss) -> (loss, stats)."""
+    loss), plus the path-length penalty when `reg` and loss.pl_weight (weighted by loss.pl_every:
+    lazy regularisation; `pl_target`, its moving target, is moved in place) -> (objective, stats)."""
     aug = augment if augment is not None else _identity
     loss_fns = LOSSES[cfg.name]
     z, c_fake = latents(G, len(batch.x), batch.x.device)
-    fake_logits = D(aug(G(z, c_fake)), c_fake)  # (B,)
+    fake_logits = D(aug(G(z, c_fake, **style_mixing(cfg, G, z))), c_fake)  # (B,)
     if loss_fns.g_needs_real:
         loss = loss_fns.g(fake_logits, D(aug(batch.x), batch.c))
     else:
         loss = loss_fns.g(fake_logits)
-    return loss, {"loss_g": loss, "d_fake_after": fake_logits.float().mean()}
+    stats = {"loss_g": loss, "d_fake_after": fake_logits.float().mean()}
+    objective = loss
+    if reg and cfg.pl_weight > 0:  # on a smaller batch of its own, as StyleGAN2 does
+        z, c_pl = latents(G, max(1, len(batch.x) // cfg.pl_batch_shrink), batch.x.device)
+        fake, ws = G(z, c_pl, return_ws=True, **style_mixing(cfg, G, z))
+        stats["pl"], stats["pl_length"], moved = path_length_penalty(fake, ws, pl_target, cfg.pl_decay, grad_scale)
+        pl_target.copy_(moved)
+        objective = objective + cfg.pl_weight * cfg.pl_every * stats["pl"]
+    return objective, stats

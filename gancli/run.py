@@ -21,7 +21,7 @@ from gancli.distributed import Ranks
 from gancli.errors import GancliError
 from gancli.flops import peak_flops, step_flops
 from gancli.inception import find_weights, obtain_weights
-from gancli.models import build_models
+from gancli.models import build_models, traits
 from gancli.models.base import check_pack
 from gancli.state import TrainState
 from gancli.step import Executor
@@ -45,6 +45,11 @@ def check(cfg: TrainApp) -> torch.device:
     with torch.device("meta"):  # builds the networks without allocating their weights
         build_models(cfg.model, shape, len(classes or []))
     check_pack(cfg.model.pack, cfg.train.batch_size)
+    if cfg.loss.in_w_space and not traits(cfg.model).w_space:
+        keys = cfg.loss.in_w_space
+        verb, them = ("work", "them") if len(keys) > 1 else ("works", "it")
+        raise GancliError(f"{' and '.join(keys)} {verb} in StyleGAN2's W space, which model={cfg.model.name} lacks; "
+                          f"use model=stylegan2 or set {them} to 0")
     if cfg.augment.active and len(shape) != 3:
         raise GancliError(f"augment={cfg.augment.name.value} transforms images, and data={cfg.data.name.value} is "
                           "2-D points; use augment=none")

@@ -1,7 +1,7 @@
 """A run's training state: everything a checkpoint saves and a resume or a rollback restores.
 
 G, D, G's moving average, both optimizers and gradient scalers, the augmentation's state, the
-step, the random number state and the run's counters live here; how a step runs over them
+path-length target, the step, the random number state and the run's counters live here; how a step runs over them
 (eager, compiled, CUDA graphs, DDP) is step.py's business. `load_state_dict` writes into the
 tensors that exist, so that an executor built once, its CUDA graphs included, goes on running
 over the loaded state.
@@ -20,6 +20,7 @@ from gancli.accel import AccelPlan
 from gancli.augment import Augment
 from gancli.config import OptimizerConfig, OptimizerName, RampShape, TrainApp
 from gancli.ema import EMA
+from gancli.losses import PathLengthTarget
 from gancli.models import build_models
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,7 @@ class TrainState:
         self.scaler_d = runtime.grad_scaler(device, plan.precision)
         self.ema = EMA(self.G) if cfg.ema.active else None
         self.augment = Augment(cfg.augment).to(device) if cfg.augment.active else None
+        self.path_length = PathLengthTarget().to(device) if cfg.loss.pl_weight > 0 else None
         # updates fp16's gradient scalers skipped since this state was built or loaded, counted
         # on the device so that no step waits for the host; earlier ones are in `skipped_before`
         self.skipped = torch.zeros((), dtype=torch.long, device=device)
@@ -103,6 +105,8 @@ class TrainState:
             parts.append(("G_ema", self.ema.G))
         if self.augment is not None and self.augment.adaptive:  # p and the evidence toward its next move
             parts.append(("augment", self.augment))
+        if self.path_length is not None:  # the path-length penalty's moving target
+            parts.append(("path_length", self.path_length))
         return parts
 
     def counters(self) -> dict[str, int]:

@@ -87,9 +87,9 @@ class Executor:
         # The updates: D's with and without its penalties (lazy regularisation), then G's. Each
         # sums its stats in its own Running; as CUDA graphs, each reads one static batch.
         self._d_stats = {True: Running(), False: Running()}  # by "penalties on"
-        self._g_stats = Running()
+        self._g_stats = {True: Running(), False: Running()}
         self._d: dict[bool, Callable] = {reg: functools.partial(self._d_update, reg=reg) for reg in (True, False)}
-        self._g: Callable = self._g_update
+        self._g: dict[bool, Callable] = {reg: functools.partial(self._g_update, reg=reg) for reg in (True, False)}
         self.static: Optional[Batch] = None
         if plan.cuda_graphs:
             x = torch.zeros((self.batch_size, *data.shape), device=device)
@@ -101,8 +101,9 @@ class Executor:
             self._d = {reg: GraphedStep(functools.partial(self._d_update, static, reg), plan.warmup_steps, pool,
                                         f"D's update{' with its penalties' if reg else ''}", plan.notes)
                        for reg in (True, False)}
-            self._g = GraphedStep(functools.partial(self._g_update, static), plan.warmup_steps, pool,
-                                  "G's update", plan.notes)
+            self._g = {reg: GraphedStep(functools.partial(self._g_update, static, reg), plan.warmup_steps, pool,
+                                        f"G's update{' with its penalty' if reg else ''}", plan.notes)
+                       for reg in (True, False)}
         self._compiling = bool(plan.compile)  # the first call compiles: set-up, not training
         self.setup_s = 0.0
 
@@ -115,7 +116,7 @@ class Executor:
 
     def captures(self) -> int:
         """CUDA graphs captured so far (0 without graphs): one per update, however often state is loaded."""
-        graphs = [*self._d.values(), self._g]
+        graphs = [*self._d.values(), *self._g.values()]
         return sum(1 for f in graphs if isinstance(f, GraphedStep) and f.graph is not None)
 
     # ---- the updates: objective, then zero_grad, (scaled) backward, optimizer step ----
@@ -130,15 +131,17 @@ class Executor:
         self._d_stats[reg].add(stats)
         self._read(stats)
 
-    def _g_update(self, batch: Batch) -> None:
+    def _g_update(self, batch: Batch, reg: bool) -> None:
         state = self.state
         state.D.requires_grad_(False)  # G's update needs no gradients of D's weights
+        pl_target = state.path_length.value if state.path_length is not None else None
         with runtime.autocast(self.device, self.precision, cache=not self.plan.cuda_graphs):
-            loss, stats = g_objective(self.loss_cfg, self.G_train, self.D_fixed, batch, state.augment)
-        self._apply(loss, state.opt_g, state.scaler_g)
+            objective, stats = g_objective(self.loss_cfg, self.G_train, self.D_fixed, batch, state.augment, reg,
+                                           self._grad_scale(state.scaler_g) if reg else 1.0, pl_target)
+        self._apply(objective, state.opt_g, state.scaler_g)
         if state.ema is not None:
             state.ema.update()  # inside G's graph, where there is one
-        self._g_stats.add(stats)
+        self._g_stats[reg].add(stats)
         self._read(stats)
 
     def _apply(self, objective: torch.Tensor, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> None:
@@ -169,6 +172,10 @@ class Executor:
         """Whether D update number `d_index` (counted over the run) adds the penalties."""
         return self.loss_cfg.penalised and d_index % self.loss_cfg.reg_every == 0
 
+    def _g_regularised(self, step: int) -> bool:
+        """Whether G's update at `step` adds the path-length penalty."""
+        return self.loss_cfg.pl_weight > 0 and step % self.loss_cfg.pl_every == 0
+
     def __call__(self) -> bool:
         """Run step `state.step` and advance it; False when its time was set-up (compile, capture)
         rather than training."""
@@ -176,7 +183,8 @@ class Executor:
         step = state.step
         first = step * self.d_steps  # the index of this step's first D update
         regs = [self._regularised(first + k) for k in range(self.d_steps)]
-        updates = [self._d[reg] for reg in regs] + [self._g]
+        g_reg = self._g_regularised(step)
+        updates = [self._d[reg] for reg in regs] + [self._g[g_reg]]
         setup = self._compiling or any(isinstance(f, GraphedStep) and not f.ready for f in updates)
         if setup:
             runtime.synchronize(self.device)
@@ -199,10 +207,10 @@ class Executor:
                 state.ema.set_beta(ema_beta(half_life, self.ema_cfg.rampup, self.images_per_step,
                                             step * self.images_per_step))
             if self.static is not None:  # it holds the last D batch, which G's update takes
-                self._g()
+                self._g[g_reg]()
             else:
-                self._g(batches[-1])
-            self._g_stats.n += 1
+                self._g[g_reg](batches[-1])
+            self._g_stats[g_reg].n += 1
         if state.augment is not None and (step + 1) % self.augment_cfg.interval == 0:
             state.augment.adjust(self.ranks.all_reduce if self.ranks.data_parallel else None)
         state.step = step + 1
@@ -238,17 +246,20 @@ class Executor:
         """The mean of each stat over the updates since the last call (one host sync), then start
         again: the D stats over D's updates, the G stats over G's."""
         means = self.peek_stats()
-        for run in (self._d_stats[True], self._d_stats[False], self._g_stats):
+        for run in self._runs():
             if run.n:
                 run.sums.zero_()  # in place: a captured graph keeps adding into this tensor
                 run.n = 0
         return means
 
+    def _runs(self) -> list[Running]:
+        return [*self._d_stats.values(), *self._g_stats.values()]
+
     def peek_stats(self) -> dict[str, float]:
         """The means `take_stats` would return, without starting again (one host sync)."""
         sums: dict[str, torch.Tensor] = {}
         counts: dict[str, int] = {}
-        runs = [r for r in (self._d_stats[True], self._d_stats[False], self._g_stats) if r.n]
+        runs = [r for r in self._runs() if r.n]
         for run in runs:
             for i, key in enumerate(run.keys):
                 sums[key] = run.sums[i] if key not in sums else sums[key] + run.sums[i]

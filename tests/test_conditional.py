@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from gancli.errors import GancliError
-from gancli.models import build_models, class_rows, classic, dcgan, mlp, residual, resnet
+from gancli.models import build_models, class_rows, classic, dcgan, mlp, residual, resnet, stylegan2
 from gancli.models.base import SpectralNorm
 from test_config import compose_train
 
@@ -120,6 +120,7 @@ FAMILIES = [
     (classic.Config(g_width=8, d_width=4, d_dense=8, conditional=True), (1, 12, 12)),
     (resnet.Config(g_width=4, d_width=4, conditional=True), (1, 28, 28)),
     (residual.Config(width=4, width_max=8, blocks=1, group_size=4, conditional=True), (1, 28, 28)),
+    (stylegan2.Config(z_dim=8, w_dim=8, mapping_layers=1, width=4, width_max=8, conditional=True), (1, 28, 28)),
 ]
 
 
@@ -311,6 +312,7 @@ def test_unconditional_checkpoint_refuses_classes(tiny_run, tmp_path):
 @pytest.mark.parametrize("overrides", [
     ["model=resnet", "model.conditional=true", "model.g_width=4", "model.d_width=4"],
     ["experiment=r3gan", "model.width=4", "model.width_max=8", "model.group_size=4", "data.image_size=32"],
+    ["experiment=stylegan2", "model.width=4", "model.width_max=8", "data.image_size=32", "model.conditional=true"],
 ])
 def test_new_families_pass_start_up_checks_and_count_flops(overrides):
     from gancli.flops import step_flops

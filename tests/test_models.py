@@ -25,7 +25,7 @@ def test_registry_names():
 
     from test_conditional import FAMILIES as CONDITIONAL_CASES
 
-    assert set(FAMILIES) == {"classic", "dcgan", "mlp", "residual", "resnet"}
+    assert set(FAMILIES) == {"classic", "dcgan", "mlp", "residual", "resnet", "stylegan2"}
     configs = Path(__file__).resolve().parents[1] / "configs" / "model"
     assert sorted(p.stem for p in configs.glob("*.yaml")) == sorted(FAMILIES)
     assert {cfg.name for cfg, _ in CONDITIONAL_CASES} == set(FAMILIES)

@@ -17,10 +17,10 @@ from torch import nn
 from torch.nn.utils import parametrizations
 
 from gancli.errors import GancliError
-from gancli.models import classic, dcgan, mlp, residual, resnet
+from gancli.models import classic, dcgan, mlp, residual, resnet, stylegan2
 from gancli.models.base import ConditionalBatchNorm, ModelConfig, Packed, SpectralNorm, Traits, check_shape
 
-FAMILIES: dict[str, ModuleType] = {m.Config.name: m for m in (classic, dcgan, mlp, resnet, residual)}
+FAMILIES: dict[str, ModuleType] = {m.Config.name: m for m in (classic, dcgan, mlp, resnet, residual, stylegan2)}
 # earlier names of a family, so that checkpoints written under them still load
 RENAMED = {"seed": "classic"}
 
@@ -45,6 +45,9 @@ def build_models(cfg: Any, shape: tuple, n_classes: int = 0) -> tuple[nn.Module,
     fam = family(cfg.name)
     shape = tuple(shape)
     check_shape(cfg.name, fam.TRAITS, shape)
+    if cfg.spectral_norm is not SpectralNorm.none and not fam.TRAITS.spectral_norm:
+        raise GancliError(f"model={cfg.name} has equalised learning rates, which spectral norm would undo; "
+                          "set model.spectral_norm=none")
     if cfg.conditional and n_classes < 1:
         raise GancliError("model.conditional=true needs the number of classes of a labelled data set")
     n_classes = n_classes if cfg.conditional else 0

@@ -45,6 +45,11 @@ class Traits:
     convolutional: bool  # D convolves images, so NHWC (channels_last) activations can pay off
     sizes: Optional[tuple[int, ...]] = None  # the square image sides it builds for; None: any size
     points: bool = False  # it also builds for 2-D points (data=ring, data=grid)
+    # G maps z to a w per layer (G.mapping, G.synthesis, G.w_avg): truncation toward w_avg, style
+    # mixing and the path-length penalty work in W; the other families truncate their noise
+    w_space: bool = False
+    # model.spectral_norm applies (it would undo layers with equalised learning rates)
+    spectral_norm: bool = True
 
 
 def check_shape(name: str, traits: Traits, shape: tuple) -> None:
