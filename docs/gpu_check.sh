@@ -24,7 +24,9 @@
 #    mirrored at random (data.xflip) before the graphs' static batch, trained fast against
 #    eager, and a time budget (train.minutes) timed by host clock on an asynchronous device;
 # 10. streaming (data.on_device=false: a background reader, pinned buffers, copies ahead) under
-#    CUDA graphs against the data kept on the GPU: the same run, and DCGAN-64's img/s both ways.
+#    CUDA graphs against the data kept on the GPU: the same run, and DCGAN-64's img/s both ways;
+# 11. StyleGAN2 under CUDA graphs (its regularisers, style mixing, w_avg and noise captured) against
+#    eager, and its bench rows at 32x32 and 64x64.
 # Each check runs under its own time limit and the script goes on past a failed one, so one
 # broken piece still leaves the others' figures; the last lines list what failed.
 # One call must fit a device session of 10 minutes with its machine start, so the checks come
@@ -32,8 +34,8 @@
 # speed targets: bench_dcgan64 and section 8), PART=2 (the R1 double backward under capture
 # against eager, and bench rows for the recipe presets, the ResNet at 32x32 and the residual
 # family at 64x64), PART=4 (sections 9 and 10 and the pytest cases marked gpu: the loaded checkpoint and
-# the schedules inside captured graphs among them), PART=3 (everything else); without PART every
-# check runs.
+# the schedules inside captured graphs among them, StyleGAN2's graphs against eager too), PART=5
+# (section 11, StyleGAN2), PART=3 (everything else); without PART every check runs.
 # Where hydra is missing (see shared/wheels-gpu), put its wheels in .whl/ beside this checkout first
 # (a gancli wheel there too, from `pip wheel --no-deps -w .whl .`, saves building it on the machine).
 # QUICK=1 shrinks every run to a few steps, to try the script on a CPU; ONLY="name name ..." runs
@@ -65,6 +67,7 @@ part_of() {
     bench_dcgan64|bench_dcgan64_compile_graphs|profile_dcgan64_1024|profile_dcgan64_64) echo 1 ;;
     *_r1|r1_graphs_vs_eager|bench_wgan_gp|bench_rpgan|bench_ema_diffaug|bench_resnet32|bench_residual64) echo 2 ;;
     *_sched|sched_graphs_vs_eager|train_fast_minutes|pytest_gpu|*_stream|stream_vs_resident) echo 4 ;;
+    *_sg2|*_sg2_*|sg2_graphs_vs_eager) echo 5 ;;
     *) echo 3 ;;
   esac
 }
@@ -199,6 +202,21 @@ for batch in ${sizes//,/ }; do
       "${quick[@]:3}"
   done
 done
+
+# 11. StyleGAN2: lazy R1 and path length (two D and two G graphs), style mixing, w_avg's update and the
+#     noise inputs inside the graphs, trained fast against eager on the digits; bench rows at 32x32
+#     and 64x64 RGB, batch 64, bf16, eager and fast (the families' img/s beside bench_resnet32 and
+#     bench_residual64)
+sg2=("${common[@]}" experiment=stylegan2 model.width=32 model.width_max=256 train.batch_size=32)
+sg2_bench=(experiment=stylegan2 model.width_max=256 data=fake data.channels=3 data.n=8192 train.batch_size=64 \
+  precision=bf16 accel=eager,fast)
+if [ "${QUICK:-0}" = 1 ]; then sg2+=(model.width=4 model.width_max=8 model.z_dim=16 model.w_dim=16); \
+  sg2_bench+=(model.width=4 model.width_max=8 model.z_dim=16 model.w_dim=16); fi
+check train_eager_sg2 150 gancli train "${sg2[@]}" accel=eager hydra.run.dir="$out/eager_sg2" "${quick[@]:3}"
+check train_fast_sg2 120 gancli train "${sg2[@]}" accel=fast hydra.run.dir="$out/fast_sg2" "${quick[@]:3}"
+check sg2_graphs_vs_eager 30 python3 docs/compare_runs.py "$out/eager_sg2" "$out/fast_sg2"
+check bench_sg2_32 90 gancli bench "${sg2_bench[@]}" data.image_size=32 hydra.run.dir="$out/bench_sg2_32" "${quick[@]}"
+check bench_sg2_64 90 gancli bench "${sg2_bench[@]}" data.image_size=64 hydra.run.dir="$out/bench_sg2_64" "${quick[@]}"
 
 if [ "${QUICK:-0}" != 1 ]; then  # without CUDA they skip
   check pytest_gpu 180 python3 -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider

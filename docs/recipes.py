@@ -4,11 +4,13 @@ measure it with `gancli eval`.
     python docs/recipes.py digits --seeds 0,1,2 --out recipes_out [--only ns,hinge_sn] [--steps 1000]
     python docs/recipes.py digits --recipes presets --minutes 2 --seeds 0,1 --out presets_out
     python docs/recipes.py digits --recipes r3gan --seeds 0,1,2 --extra eval.every=250 eval.n=1000
+    python docs/recipes.py mnist --recipes stylegan2 --minutes 2 --seeds 0,1,2 --out families_out
 
 Data sets: digits (bundled), mnist (the MNIST test split in --mnist-root), ring and grid. Recipe
 sets: the recipes (by default: each loss, penalty and augmentation on the default model), the
-presets (every experiment preset for images, at the same data) and r3gan (experiment=r3gan at a
-CPU-sized width, with and without its schedules). Every run keeps G's moving average
+presets (every experiment preset for images, at the same data), r3gan (experiment=r3gan at a
+CPU-sized width, with and without its schedules) and stylegan2 (experiment=stylegan2 at a CPU-sized
+width against R3GAN's networks and the default recipe). Every run keeps G's moving average
 (`ema.half_life_kimg=10 ema.rampup=0.05`), which does not change training, and is evaluated
 twice: as G_ema and as the raw G (`use_ema=false`). Writes <out>/<data>.json with every run's
 metrics and prints a markdown table of means over seeds.
@@ -63,7 +65,14 @@ PRESETS = {  # every experiment preset for images, as a user runs it, on the dat
     "mnist_classic": ["experiment=mnist_classic", "train.batch_size=64"],
 }
 R3GAN = {"r3gan_cpu": R3GAN_CPU, "r3gan_cpu_constant": [*R3GAN_CPU, "schedule=constant"]}
-RECIPE_SETS = {"recipes": None, "presets": PRESETS, "r3gan": R3GAN}
+# experiment=stylegan2's networks at a width a CPU trains (its auto width at 28 pixels is 512)
+STYLEGAN2_CPU = ["experiment=stylegan2", "model.width=32", "model.width_max=128", "model.z_dim=128", "model.w_dim=128"]
+FAMILIES = {  # the StyleGAN2 preset against R3GAN's and the default recipe
+    "rpgan": ["experiment=rpgan"],  # gancli train's default: DCGAN with R3GAN's objective
+    "r3gan_cpu_constant": [*R3GAN_CPU, "schedule=constant"],
+    "stylegan2_cpu": STYLEGAN2_CPU,
+}
+RECIPE_SETS = {"recipes": None, "presets": PRESETS, "r3gan": R3GAN, "stylegan2": FAMILIES}
 # what experiment=ring set when these were measured (it is now the tuned preset of docs/mode-collapse.md)
 POINTS_BASE = ["model=mlp", "train.batch_size=256", "train.log_every=100"]
 DATA = {

@@ -24,6 +24,7 @@ COMMANDS = {
     "train": ("gancli.train", "train a GAN (gancli train model=classic data=mnist device=cuda)"),
     "sample": ("gancli.sample", "images from a checkpoint (gancli sample ckpt=outputs/<run> n=64)"),
     "eval": ("gancli.evaluate", "quality and mode-collapse metrics of a checkpoint (gancli eval ckpt=outputs/<run>)"),
+    "export": ("gancli.export", "a generator as ONNX or TorchScript (gancli export ckpt=outputs/<run> format=onnx)"),
     "prepare": ("gancli.prepare", "decode a folder of images once, before training (gancli prepare data.path=~/pics)"),
     "bench": ("gancli.bench", "time accel x precision x batch size (gancli bench train.batch_size=64,256)"),
     "report": ("gancli.report", "table and plots of finished runs and sweeps (gancli report outputs/multirun/<sweep>)"),

@@ -102,6 +102,11 @@ class RampShape(Enum):
     cosine = "cosine"  # half a cosine: slow at both ends (R3GAN)
 
 
+class ExportFormat(Enum):
+    onnx = "onnx"
+    torchscript = "torchscript"
+
+
 class LoggerName(Enum):
     none = "none"
     tensorboard = "tensorboard"  # event files in the run folder (extra: gancli[tensorboard])
@@ -451,10 +456,35 @@ class SampleApp:
     use_ema: bool = True  # sample from G's moving average where the checkpoint has one
     # a conditional G's classes, by index or name (`class=3`, `classes=0,1,2`); null: all, evenly
     classes: Optional[list[str]] = None
+    # truncation toward the average sample, 1 = none: in W for StyleGAN2 (w_avg + psi (w - w_avg)),
+    # for the other families a truncated normal noise at psi / (1 - psi) standard deviations
+    psi: float = 1.0
+    cutoff: Optional[int] = None  # StyleGAN2: truncate only the layers before this one (null: every layer)
+    mix: bool = False  # StyleGAN2: also write mixing.png, a style-mixing grid
     device: DeviceConfig = field(default_factory=DeviceConfig)
 
     def __post_init__(self) -> None:
         at_least(self, "", 1, "n", "batch_size")
+        require(0 <= self.psi <= 1, "psi", self.psi, "a number in [0, 1] (1: no truncation)")
+        require(self.cutoff is None or self.cutoff >= 1, "cutoff", self.cutoff, "a layer number >= 1 (or null)")
+
+
+@dataclass
+class ExportApp:
+    """Root of `gancli export`."""
+
+    ckpt: str = MISSING  # a checkpoint file or a run folder (its last checkpoint)
+    format: ExportFormat = ExportFormat.onnx  # onnx (checked with onnxruntime) | torchscript
+    out: Optional[str] = None  # the file to write; default: <run folder>/export/generator.onnx (or .pt)
+    psi: float = 1.0  # truncation built into the graph, as `gancli sample psi=` (1: none)
+    cutoff: Optional[int] = None  # StyleGAN2: truncate only the layers before this one (null: every layer)
+    use_ema: bool = True  # export G's moving average where the checkpoint has one
+    tolerance: float = 1e-3  # the largest difference from torch's images (in [-1, 1]) the check accepts
+
+    def __post_init__(self) -> None:
+        require(0 <= self.psi <= 1, "psi", self.psi, "a number in [0, 1] (1: no truncation)")
+        require(self.cutoff is None or self.cutoff >= 1, "cutoff", self.cutoff, "a layer number >= 1 (or null)")
+        require(self.tolerance > 0, "tolerance", self.tolerance, "a number > 0")
 
 
 @dataclass
@@ -525,6 +555,7 @@ def register() -> None:
     cs.store(name="sample_schema", node=SampleApp)
     cs.store(name="bench_schema", node=BenchApp)
     cs.store(name="eval_schema", node=EvalApp)
+    cs.store(name="export_schema", node=ExportApp)
     cs.store(name="prepare_schema", node=PrepareApp)
     for name, schema in MODEL_SCHEMAS.items():
         # kept out of the model group, so that `--help` lists only the models

@@ -17,10 +17,15 @@ from gancli.files import atomic
 PADDING = 2  # pixels of black between the images of a grid, and around them
 
 
+def quantise(images: torch.Tensor) -> torch.Tensor:
+    """float (N, C, H, W) in [-1, 1] -> uint8 (N, C, H, W) on the CPU, rounded to the nearest level."""
+    x = images.detach().float().cpu().clamp(-1, 1).add(1).mul(127.5).add(0.5)  # [0.5, 255.5]: truncation rounds
+    return x.to(torch.uint8)
+
+
 def to_uint8(images: torch.Tensor) -> np.ndarray:
     """float (N, C, H, W) in [-1, 1] -> uint8 (N, H, W, C), rounded to the nearest level."""
-    x = images.detach().float().cpu().clamp(-1, 1).add(1).mul(127.5).add(0.5)  # [0.5, 255.5]: truncation rounds
-    return x.to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return quantise(images).permute(0, 2, 3, 1).numpy()
 
 
 def grid(images: torch.Tensor, nrow: int) -> np.ndarray:

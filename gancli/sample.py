@@ -16,7 +16,7 @@ from gancli.config import SampleApp, to_typed
 from gancli.console import count
 from gancli.errors import GancliError, user_errors
 from gancli.files import check_out_folder, write_text
-from gancli.generator import even_labels, generate_batches, load_generator
+from gancli.generator import Generator, check_psi, chosen_classes, even_labels, load, synthesize
 from gancli.images import save_grid, save_scatter, save_singles
 from gancli.runfolder import find_checkpoint, run_dir_of
 
@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 CONFIG_NAME = "sample"
 GRID_MAX = 256  # images shown in grid.png; every image is also written on its own
 INTERP_ROWS, INTERP_STEPS = 8, 10
+MIX_SIDE = 5  # the style-mixing grid: 5 row and 5 column sources
 
 
 @hydra.main(version_base="1.3", config_path="pkg://gancli.configs", config_name=CONFIG_NAME)
@@ -37,6 +38,7 @@ def check(cfg: SampleApp) -> None:
     """Start-up checks that read nothing: the device and the checkpoint must exist, and `out`
     must be a folder or not exist yet."""
     runtime.resolve_device(cfg.device)
+    check_psi(cfg.psi)
     find_checkpoint(cfg.ckpt)
     check_out_folder(cfg.out)
 
@@ -56,44 +58,26 @@ def class_args(args: list[str]) -> list[str]:
     return out
 
 
-def chosen_classes(asked: Optional[list[str]], names: list[str], ckpt: Path) -> torch.Tensor:
-    """The labels (k,) of the classes asked for by index or by name; every class when none are."""
-    if asked is None:
-        return torch.arange(len(names))
-    labels = []
-    for item in asked:
-        item = str(item)
-        if item in names:
-            labels.append(names.index(item))
-        elif item.isdigit() and int(item) < len(names):
-            labels.append(int(item))
-        else:
-            shown = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
-            raise GancliError(f"class {item} is not one of the {len(names)} classes of {ckpt} (0..{len(names) - 1} "
-                              f"or a name: {shown})")
-    if not labels:
-        raise GancliError("classes=[] asks for no class; name at least one, or leave classes out for all of them")
-    return torch.tensor(labels)
-
-
 def sample(cfg: SampleApp) -> Path:
-    """Write n samples, grid.png and optionally interpolation.png; returns the output folder."""
-    device = runtime.resolve_device(cfg.device)
-    G, state, path = load_generator(cfg.ckpt, device, cfg.use_ema)
-    out = Path(cfg.out) if cfg.out else run_dir_of(path) / "generated"
-    is_image = len(state["data_shape"]) == 3
-    gen = torch.Generator().manual_seed(cfg.seed)
-    names = state.get("classes") or []
+    """Write n samples, grid.png and optionally interpolation.png and mixing.png; returns the
+    output folder. Built on `gancli.load`: the pixels are G.sample's for the same seed."""
+    check_psi(cfg.psi)
+    G = load(cfg.ckpt, runtime.resolve_device(cfg.device), cfg.use_ema)
+    if cfg.mix and not G.w_space:
+        raise GancliError(f"mix=true mixes styles in W, and {G.path} holds a model without a W space; "
+                          "train model=stylegan2 for it, or leave out mix=true")
+    out = Path(cfg.out) if cfg.out else run_dir_of(G.path) / "generated"
+    is_image = len(G.shape) == 3
     labels, nrow, chosen = None, None, None
     if G.n_classes:  # the classes asked for, in equal runs: one class per grid row
-        chosen = chosen_classes(cfg.classes, names, path)
+        chosen = chosen_classes(cfg.classes, G.classes, G.path)
         labels, per = even_labels(chosen, cfg.n)
         nrow = per if per > 1 else None
-    elif cfg.classes is not None:
-        raise GancliError(f"{path} holds an unconditional G, which draws no classes; leave out classes=")
+    else:
+        G.labels(cfg.n, cfg.classes)  # refuses classes for an unconditional G
 
     shown = []
-    for start, x in generate_batches(G, cfg.n, device, gen, cfg.batch_size, labels):
+    for start, x in G.batches(cfg.n, cfg.seed, labels, cfg.psi, cfg.cutoff, cfg.batch_size):
         if is_image:
             save_singles(x, out, start)
             if start < GRID_MAX:  # a copy: a view would keep the whole batch alive
@@ -107,25 +91,68 @@ def sample(cfg: SampleApp) -> Path:
         save_scatter(shown, out / "grid.png", title=count(cfg.n, "sample"))
         write_text(out / "points.csv", "x,y\n" + "".join(f"{a:.6f},{b:.6f}\n" for a, b in shown.tolist()))
 
+    gen = torch.Generator().manual_seed(cfg.seed + 1)  # the extras' own noise, apart from the samples'
     if cfg.interpolate:
         if not is_image:
             log.info("interpolate=true applies to images only; no interpolation written for 2-D data")
         else:
-            ends = torch.randn(2, INTERP_ROWS, G.z_dim, generator=gen)
-            t = torch.linspace(0, 1, INTERP_STEPS)
-            z = _slerp(ends[0], ends[1], t).reshape(-1, G.z_dim).to(device)  # (rows * steps, z)
-            c = None
-            if chosen is not None:  # each row keeps one class
-                c = chosen[torch.arange(INTERP_ROWS) % len(chosen)].repeat_interleave(INTERP_STEPS).to(device)
-            with torch.no_grad():
-                strip = G(z, c).float().cpu()
-            save_grid(strip, out / "interpolation.png", nrow=INTERP_STEPS)
+            save_grid(_interpolation(G, cfg, chosen, gen), out / "interpolation.png", nrow=INTERP_STEPS)
+    if cfg.mix:
+        save_grid(_mixing(G, cfg, chosen, gen), out / "mixing.png", nrow=MIX_SIDE + 1)
     if chosen is not None:
+        names = G.classes
         write_text(out / "classes.csv", "index,class\n" + "".join(
             f"{i:06d},{names[k] if k < len(names) else k}\n" for i, k in enumerate(labels.tolist())))
-    log.info("wrote %s of %s from %s (step %d) to %s", count(cfg.n, "sample"), state["generator"], path, state["step"],
-             out)
+    truncation = f", psi {cfg.psi:g}" if cfg.psi != 1 else ""
+    log.info("wrote %s of %s from %s (step %d%s) to %s", count(cfg.n, "sample"), G.which, G.path, G.step,
+             truncation, out)
     return out
+
+
+def _row_labels(chosen: Optional[torch.Tensor], rows: int, per_row: int,
+                device: torch.device) -> Optional[torch.Tensor]:
+    """Each row keeps one of the chosen classes: (rows * per_row,) labels, or None."""
+    if chosen is None:
+        return None
+    return chosen[torch.arange(rows) % len(chosen)].repeat_interleave(per_row).to(device)
+
+
+@torch.no_grad()
+def _interpolation(G: Generator, cfg: SampleApp, chosen: Optional[torch.Tensor], gen: torch.Generator) -> torch.Tensor:
+    """(rows * steps, C, H, W): each row walks between two samples, linearly in W where G has a W
+    space (truncated by psi), else along the great circle between two noise vectors."""
+    ends = torch.randn(2, INTERP_ROWS, G.z_dim, generator=gen).to(G.device)
+    t = torch.linspace(0, 1, INTERP_STEPS, device=G.device)
+    c_ends = _row_labels(chosen, INTERP_ROWS, 1, G.device)
+    if G.w_space:
+        w0, w1 = (G.net.mapping(z, c_ends, cfg.psi, cfg.cutoff) for z in ends)  # (rows, num_ws, w_dim) each
+        ws = torch.lerp(w0[:, None], w1[:, None], t[None, :, None, None])  # (rows, steps, num_ws, w_dim)
+        return G.net.synthesis(ws.flatten(0, 1)).float().cpu()
+    z = _slerp(ends[0], ends[1], t).reshape(-1, G.z_dim)  # (rows * steps, z)
+    c = _row_labels(chosen, INTERP_ROWS, INTERP_STEPS, G.device)
+    return synthesize(G.net, z, c, cfg.psi).float().cpu()
+
+
+@torch.no_grad()
+def _mixing(G: Generator, cfg: SampleApp, chosen: Optional[torch.Tensor], gen: torch.Generator) -> torch.Tensor:
+    """StyleGAN's style-mixing grid ((side + 1)^2 images): the top row and the left column are
+    samples of their own w; each other cell takes its row's w with the coarse layers (the first
+    half, up to the middle resolution) of its column's, so that it keeps the row's detail and
+    colour and the column's pose and shape."""
+    rows = G.net.mapping(torch.randn(MIX_SIDE, G.z_dim, generator=gen).to(G.device),
+                         _row_labels(chosen, MIX_SIDE, 1, G.device), cfg.psi, cfg.cutoff)
+    cols = G.net.mapping(torch.randn(MIX_SIDE, G.z_dim, generator=gen).to(G.device),
+                         _row_labels(chosen, MIX_SIDE, 1, G.device), cfg.psi, cfg.cutoff)
+    coarse = G.net.num_ws // 2
+    cells = rows[:, None].repeat(1, MIX_SIDE, 1, 1)  # (rows, cols, num_ws, w_dim)
+    cells[:, :, :coarse] = cols[None, :, :coarse]
+    images = G.net.synthesis(torch.cat([cols, rows, cells.flatten(0, 1)])).float().cpu()
+    top, left, body = images[:MIX_SIDE], images[MIX_SIDE : 2 * MIX_SIDE], images[2 * MIX_SIDE :]
+    blank = -torch.ones_like(top[:1])  # black in the corner
+    grid = [blank, top]
+    for r in range(MIX_SIDE):
+        grid += [left[r : r + 1], body[r * MIX_SIDE : (r + 1) * MIX_SIDE]]
+    return torch.cat(grid)
 
 
 def _slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

@@ -138,6 +138,8 @@ BAD_INPUT = [
     (["sample", "ckpt=missing.pt"], "missing.pt"),
     (["sample"], "ckpt"),
     (["fly"], "unknown command"),
+    (["export", "ckpt=missing.pt"], "missing.pt"),
+    (["export", "ckpt=missing.pt", "format=tflite"], "format"),
 ]
 
 
@@ -183,6 +185,9 @@ def _usage_cases(tmp_path: Path) -> list[tuple[list[str], str]]:
         (["train", "--config-dir", str(tmp_path / "absent")], "absent"),
         (["sample", "ckpt=run", "out=afile"], "out=afile is a file"),
         (["eval", "ckpt=run", "out=afile"], "out=afile is a file"),
+        (["export", "ckpt=run", "out=."], "out=. is a folder; give the file to write"),
+        (["sample", "ckpt=run", "mix=true", "out=mixed"], "mix=true mixes styles in W"),
+        (["sample", "ckpt=run", "psi=1.5"], "psi=1.5"),
     ]
 
 
@@ -221,11 +226,11 @@ def test_sample_keeps_only_the_grid_s_images_in_memory(tiny_run, tmp_path, monke
     import gc
     import weakref
 
-    from gancli import sample as sample_module
+    from gancli import generator as generator_module, sample as sample_module
     from gancli.config import SampleApp
 
     batches, alive = [], []
-    real_batches, real_grid = sample_module.generate_batches, sample_module.save_grid
+    real_batches, real_grid = generator_module.generate_batches, sample_module.save_grid
 
     def generate_batches(*args, **kwargs):
         for start, x in real_batches(*args, **kwargs):
@@ -237,7 +242,7 @@ def test_sample_keeps_only_the_grid_s_images_in_memory(tiny_run, tmp_path, monke
         alive.append(sum(ref() is not None for ref in batches))
         real_grid(images, path, nrow)
 
-    monkeypatch.setattr(sample_module, "generate_batches", generate_batches)
+    monkeypatch.setattr(generator_module, "generate_batches", generate_batches)
     monkeypatch.setattr(sample_module, "save_grid", save_grid)
     monkeypatch.setattr(sample_module, "GRID_MAX", 20)
     sample_module.sample(SampleApp(ckpt=str(tiny_run), n=96, batch_size=16, out=str(tmp_path / "out")))

@@ -290,7 +290,7 @@ def test_sample_class_writes_that_class(conditional_run, tmp_path):
 
 
 def test_same_noise_other_class_gives_other_images(conditional_run, tmp_path):
-    from gancli.sample import load_generator
+    from gancli.generator import load_generator
 
     run, _ = conditional_run
     G, _, _ = load_generator(run, torch.device("cpu"))

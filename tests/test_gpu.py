@@ -26,7 +26,10 @@ def _losses(tmp_path, name, *overrides):
     ["model=classic"],  # R1's double backward
     ["experiment=rpgan", "ema.half_life_kimg=1", "augment=diffaug"],  # R1 + R2, G_ema and DiffAugment
     ["experiment=wgan_gp", "loss.reg_every=2"],  # the gradient penalty, lazily: two D graphs
-], ids=["dcgan", "classic_r1", "rpgan_ema_diffaug", "wgan_gp_lazy"])
+    # StyleGAN2: lazy R1 and path length (two D and two G graphs), style mixing, w_avg and noise inside them
+    ["experiment=stylegan2", "model.width=16", "model.width_max=64", "model.z_dim=64", "model.w_dim=64",
+     "loss.reg_every=4", "loss.pl_every=2"],
+], ids=["dcgan", "classic_r1", "rpgan_ema_diffaug", "wgan_gp_lazy", "stylegan2"])
 def test_graphs_train_the_eager_model(tmp_path, recipe):
     _, eager = _losses(tmp_path, "eager", "accel=eager", *recipe)
     summary, fast = _losses(tmp_path, "fast", "accel=fast", *recipe)

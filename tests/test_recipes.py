@@ -264,7 +264,8 @@ def test_resume_without_the_saved_ema_is_one_clear_line(tmp_path):
 
 
 def test_sample_uses_g_ema_unless_asked_for_the_raw_g(tmp_path):
-    from gancli.sample import load_generator, sample
+    from gancli.generator import load_generator
+    from gancli.sample import sample
 
     _tiny(tmp_path, "run", 4)
     path = tmp_path / "run" / "checkpoints" / "last.pt"

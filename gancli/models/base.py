@@ -163,9 +163,9 @@ class ConvTransposeFromPoint(nn.ConvTranspose2d):
         w = self.weight  # (C_in, C_out, kh, kw)
         kh, kw = self.kernel_size
         if _channels_last(w):  # its memory is (C_in, kh, kw, C_out): a channels-last output without a copy
-            y = (x.flatten(1) @ w.permute(0, 2, 3, 1).flatten(1)).view(len(x), kh, kw, -1).permute(0, 3, 1, 2)
+            y = (x.flatten(1) @ w.permute(0, 2, 3, 1).flatten(1)).view(x.shape[0], kh, kw, -1).permute(0, 3, 1, 2)
         else:
-            y = (x.flatten(1) @ w.flatten(1)).view(len(x), -1, kh, kw)
+            y = (x.flatten(1) @ w.flatten(1)).view(x.shape[0], -1, kh, kw)
         return y if self.bias is None else y + self.bias[:, None, None].to(y.dtype)
 
 

@@ -136,7 +136,7 @@ class Generator(nn.Module):
         self.apply(_init)
 
     def forward(self, z: torch.Tensor, c: Optional[torch.Tensor] = None) -> torch.Tensor:
-        h = self.dense(z).view(len(z), self.c0, self.base, self.base)
+        h = self.dense(z).view(z.shape[0], self.c0, self.base, self.base)
         for block in self.blocks:
             h = block(h, c)
         return self.out(h)

@@ -143,7 +143,7 @@ class StyleConv(nn.Module):
             x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
         y = modulated_conv2d(x, self.weight, self.affine(w))
         if self.training:
-            noise = torch.randn(len(y), 1, *y.shape[2:], device=y.device, dtype=y.dtype)
+            noise = torch.randn(y.shape[0], 1, *y.shape[2:], device=y.device, dtype=y.dtype)
         else:
             noise = self.noise_const.to(y.dtype)
         y = y + noise * self.noise_strength.to(y.dtype) + self.bias[:, None, None].to(y.dtype)
@@ -156,12 +156,14 @@ class ToRGB(nn.Module):
     def __init__(self, n_in: int, channels: int, w_dim: int):
         super().__init__()
         self.affine = EqualLinear(w_dim, n_in, bias_init=1.0)
-        self.weight = nn.Parameter(torch.randn(channels, n_in, 1, 1))
+        # (C, I), viewed as a 1x1 kernel: a 4-D weight with a single output channel would take
+        # channels_last strides that its gradient (and DDP's bucket for it) does not have
+        self.weight = nn.Parameter(torch.randn(channels, n_in))
         self.bias = nn.Parameter(torch.zeros(channels))
         self.weight_gain = 1 / math.sqrt(n_in)
 
     def forward(self, x: Tensor, w: Tensor) -> Tensor:
-        y = modulated_conv2d(x, self.weight, self.affine(w) * self.weight_gain, demodulate=False)
+        y = modulated_conv2d(x, self.weight[:, :, None, None], self.affine(w) * self.weight_gain, demodulate=False)
         return y + self.bias[:, None, None].to(y.dtype)
 
 
@@ -208,7 +210,7 @@ class SynthesisNetwork(nn.Module):
 
     def forward(self, ws: Tensor) -> Tensor:
         # a copy, not a view: a view of a parameter requires grad even under no_grad
-        x = self.const[None].repeat(len(ws), 1, 1, 1)
+        x = self.const[None].repeat(ws.shape[0], 1, 1, 1)
         x = self.convs[0](x, ws[:, 0])
         img = self.to_rgb[0](x, ws[:, 1])
         for k in range(1, len(self.to_rgb)):
