@@ -71,6 +71,10 @@ FAMILIES = {  # the StyleGAN2 preset against R3GAN's and the default recipe
     "rpgan": ["experiment=rpgan"],  # gancli train's default: DCGAN with R3GAN's objective
     "r3gan_cpu_constant": [*R3GAN_CPU, "schedule=constant"],
     "stylegan2_cpu": STYLEGAN2_CPU,
+    # the auto gamma is 0.0049 at 28 pixels and batch 32: R1 as strong as the other presets' instead
+    "stylegan2_cpu_gamma1": [*STYLEGAN2_CPU, "loss.r1_gamma=1"],
+    # StyleGAN2's networks with the default objective (rpgan: R1 + R2 = 1, Adam 2e-4 betas 0/0.99)
+    "stylegan2_cpu_rpgan": ["experiment=rpgan", "model=stylegan2", *STYLEGAN2_CPU[1:]],
 }
 RECIPE_SETS = {"recipes": None, "presets": PRESETS, "r3gan": R3GAN, "stylegan2": FAMILIES}
 # what experiment=ring set when these were measured (it is now the tuned preset of docs/mode-collapse.md)

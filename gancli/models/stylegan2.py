@@ -243,7 +243,7 @@ class Generator(nn.Module):
         before `cutoff` (all when None)."""
         w = self.mapping_net(z, c)
         if psi != 1:  # w_avg + psi (w - w_avg)
-            w_trunc = self.w_avg.lerp(w, psi)
+            w_trunc = self.w_avg.to(w.dtype).lerp(w, psi)
             if cutoff is None:
                 return w_trunc[:, None].expand(-1, self.num_ws, -1)
             layer = torch.arange(self.num_ws, device=w.device)[None, :, None]
