@@ -1,10 +1,10 @@
 """A run's training state: everything a checkpoint saves and a resume or a rollback restores.
 
 G, D, G's moving average, both optimizers and gradient scalers, the augmentation's state, the
-path-length target, the step, the random number state and the run's counters live here; how a step runs over them
-(eager, compiled, CUDA graphs, DDP) is step.py's business. `load_state_dict` writes into the
-tensors that exist, so that an executor built once, its CUDA graphs included, goes on running
-over the loaded state.
+path-length penalty's target, the step, the random number state and the run's counters live
+here; how a step runs over them (eager, compiled, CUDA graphs, DDP) is step.py's business.
+`load_state_dict` writes into the tensors that exist, so that an executor built once, its CUDA
+graphs included, goes on running over the loaded state.
 """
 
 from __future__ import annotations

@@ -84,8 +84,9 @@ class Executor:
             self.G_train = self._runner(ranks.wrap(state.G, device))
             self.D_train = self._runner(ranks.wrap(state.D, device))
 
-        # The updates: D's with and without its penalties (lazy regularisation), then G's. Each
-        # sums its stats in its own Running; as CUDA graphs, each reads one static batch.
+        # The updates: D's with and without its penalties (lazy regularisation), then G's with
+        # and without its path-length penalty. Each sums its stats in its own Running; as CUDA
+        # graphs, each reads one static batch.
         self._d_stats = {True: Running(), False: Running()}  # by "penalties on"
         self._g_stats = {True: Running(), False: Running()}
         self._d: dict[bool, Callable] = {reg: functools.partial(self._d_update, reg=reg) for reg in (True, False)}
