@@ -25,7 +25,7 @@ from omegaconf import DictConfig
 from gancli.config import ExportApp, ExportFormat, to_typed
 from gancli.errors import GancliError, user_errors
 from gancli.files import write_error
-from gancli.generator import Generator, check_psi, load, synthesize
+from gancli.generator import Generator, load, synthesize
 from gancli.runfolder import find_checkpoint, run_dir_of
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,6 @@ def main(cfg: DictConfig) -> None:
 
 def check(cfg: ExportApp) -> None:
     """Start-up checks that read nothing heavy: the checkpoint exists, the extra is installed."""
-    check_psi(cfg.psi)
     find_checkpoint(cfg.ckpt)
     if cfg.out:
         out = Path(cfg.out).expanduser()

@@ -122,14 +122,19 @@ class Generator:
         return (f"Generator({self.path}, {self.which} at step {self.step}, samples of {tuple(self.shape)}, "
                 f"{self.n_classes} classes, {self.device})")
 
-    def labels(self, n: int, classes: Optional[Sequence] = None) -> Optional[torch.Tensor]:
-        """(n,) labels of the classes asked for (indices or names), in equal runs; every class when
-        none are; None for an unconditional G."""
+    def chosen(self, classes: Optional[Sequence] = None) -> Optional[torch.Tensor]:
+        """The labels (k,) of the classes asked for (indices or names), every class when none are;
+        None for an unconditional G, which refuses classes."""
         if not self.n_classes:
             if classes is not None:
                 raise GancliError(f"{self.path} holds an unconditional G, which draws no classes; leave out classes=")
             return None
-        return even_labels(chosen_classes(classes, self.classes, self.path), n)[0]
+        return chosen_classes(classes, self.classes, self.path)
+
+    def labels(self, n: int, classes: Optional[Sequence] = None) -> Optional[torch.Tensor]:
+        """(n,) labels of the classes asked for, in equal runs; None for an unconditional G."""
+        chosen = self.chosen(classes)
+        return None if chosen is None else even_labels(chosen, n)[0]
 
     def batches(self, n: int, seed: int = 0, labels: Optional[torch.Tensor] = None, psi: float = 1.0,
                 cutoff: Optional[int] = None, batch_size: int = 256) -> Iterator[tuple[int, torch.Tensor]]:

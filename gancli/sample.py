@@ -16,7 +16,7 @@ from gancli.config import SampleApp, to_typed
 from gancli.console import count
 from gancli.errors import GancliError, user_errors
 from gancli.files import check_out_folder, write_text
-from gancli.generator import Generator, check_psi, chosen_classes, even_labels, load, synthesize
+from gancli.generator import Generator, even_labels, load, synthesize
 from gancli.images import save_grid, save_scatter, save_singles
 from gancli.runfolder import find_checkpoint, run_dir_of
 
@@ -38,7 +38,6 @@ def check(cfg: SampleApp) -> None:
     """Start-up checks that read nothing: the device and the checkpoint must exist, and `out`
     must be a folder or not exist yet."""
     runtime.resolve_device(cfg.device)
-    check_psi(cfg.psi)
     find_checkpoint(cfg.ckpt)
     check_out_folder(cfg.out)
 
@@ -61,20 +60,17 @@ def class_args(args: list[str]) -> list[str]:
 def sample(cfg: SampleApp) -> Path:
     """Write n samples, grid.png and optionally interpolation.png and mixing.png; returns the
     output folder. Built on `gancli.load`: the pixels are G.sample's for the same seed."""
-    check_psi(cfg.psi)
     G = load(cfg.ckpt, runtime.resolve_device(cfg.device), cfg.use_ema)
     if cfg.mix and not G.w_space:
         raise GancliError(f"mix=true mixes styles in W, and {G.path} holds a model without a W space; "
                           "train model=stylegan2 for it, or leave out mix=true")
     out = Path(cfg.out) if cfg.out else run_dir_of(G.path) / "generated"
     is_image = len(G.shape) == 3
-    labels, nrow, chosen = None, None, None
-    if G.n_classes:  # the classes asked for, in equal runs: one class per grid row
-        chosen = chosen_classes(cfg.classes, G.classes, G.path)
+    labels, nrow = None, None
+    chosen = G.chosen(cfg.classes)
+    if chosen is not None:  # the classes asked for, in equal runs: one class per grid row
         labels, per = even_labels(chosen, cfg.n)
         nrow = per if per > 1 else None
-    else:
-        G.labels(cfg.n, cfg.classes)  # refuses classes for an unconditional G
 
     shown = []
     for start, x in G.batches(cfg.n, cfg.seed, labels, cfg.psi, cfg.cutoff, cfg.batch_size):
@@ -139,10 +135,9 @@ def _mixing(G: Generator, cfg: SampleApp, chosen: Optional[torch.Tensor], gen: t
     samples of their own w; each other cell takes its row's w with the coarse layers (the first
     half, up to the middle resolution) of its column's, so that it keeps the row's detail and
     colour and the column's pose and shape."""
-    rows = G.net.mapping(torch.randn(MIX_SIDE, G.z_dim, generator=gen).to(G.device),
-                         _row_labels(chosen, MIX_SIDE, 1, G.device), cfg.psi, cfg.cutoff)
-    cols = G.net.mapping(torch.randn(MIX_SIDE, G.z_dim, generator=gen).to(G.device),
-                         _row_labels(chosen, MIX_SIDE, 1, G.device), cfg.psi, cfg.cutoff)
+    z = torch.randn(2, MIX_SIDE, G.z_dim, generator=gen).to(G.device)  # the rows' sources, the columns'
+    c = _row_labels(chosen, MIX_SIDE, 1, G.device)
+    rows, cols = (G.net.mapping(sources, c, cfg.psi, cfg.cutoff) for sources in z)
     coarse = G.net.num_ws // 2
     cells = rows[:, None].repeat(1, MIX_SIDE, 1, 1)  # (rows, cols, num_ws, w_dim)
     cells[:, :, :coarse] = cols[None, :, :coarse]

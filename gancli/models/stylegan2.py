@@ -241,14 +241,16 @@ class Generator(nn.Module):
                 cutoff: Optional[int] = None) -> Tensor:
         """ws (B, num_ws, w_dim): w for every layer, truncated toward w_avg by psi on the layers
         before `cutoff` (all when None)."""
-        w = self.mapping_net(z, c)
-        if psi != 1:  # w_avg + psi (w - w_avg)
-            w_trunc = self.w_avg.to(w.dtype).lerp(w, psi)
-            if cutoff is None:
-                return w_trunc[:, None].expand(-1, self.num_ws, -1)
-            layer = torch.arange(self.num_ws, device=w.device)[None, :, None]
-            return torch.where(layer < cutoff, w_trunc[:, None], w[:, None])
-        return w[:, None].expand(-1, self.num_ws, -1)
+        w = self.mapping_net(z, c)[:, None].expand(-1, self.num_ws, -1)
+        if psi == 1:
+            return w
+        w_trunc = self.w_avg.to(w.dtype).lerp(w, psi)  # w_avg + psi (w - w_avg)
+        return w_trunc if cutoff is None else self._switch(w_trunc, w, cutoff)
+
+    def _switch(self, before: Tensor, after: Tensor, layer: int | Tensor) -> Tensor:
+        """ws (B, num_ws, w_dim): `before`'s on the layers before `layer`, `after`'s from it on."""
+        index = torch.arange(self.num_ws, device=before.device)[None, :, None]
+        return torch.where(index < layer, before, after)
 
     def forward(self, z: Tensor, c: Optional[Tensor] = None, psi: float = 1.0, cutoff: Optional[int] = None,
                 mix_z: Optional[Tensor] = None, mix_from: Optional[Tensor] = None,
@@ -257,8 +259,7 @@ class Generator(nn.Module):
         none) on read w of mix_z instead; with `return_ws`, (images, the ws they came from)."""
         ws = self.mapping(z, c, psi, cutoff)
         if mix_z is not None:
-            layer = torch.arange(self.num_ws, device=ws.device)[None, :, None]
-            ws = torch.where(layer < mix_from, ws, self.mapping(mix_z, c, psi, cutoff))
+            ws = self._switch(ws, self.mapping(mix_z, c, psi, cutoff), mix_from)
         img = self.synthesis(ws)
         return (img, ws) if return_ws else img
 
